@@ -1,0 +1,1 @@
+"""simcore: the SimCore pipeline."""

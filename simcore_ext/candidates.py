@@ -1,0 +1,67 @@
+"""Per-centroid candidate lists, replayed round by round.
+
+Centroid j's pick in round t is the first entry of its list (score desc, index asc) that
+is not yet selected. A list scanned with the selected rows excluded is exact until every
+entry is taken; then a rescan refills it. A list shorter than its capacity held every
+row that was not excluded, so it never needs a refill."""
+from __future__ import annotations
+
+import numpy as np
+
+_WINDOW = 32  # entries looked at per step when skipping selected rows
+
+
+class CandidateLists:
+    def __init__(self, k: int):
+        self.k = k
+        self.val = np.full((k, 0), -np.inf, dtype=np.float32)
+        self.idx = np.full((k, 0), -1, dtype=np.int64)
+        self.length = np.zeros(k, dtype=np.int64)  # valid entries
+        self.capacity = np.zeros(k, dtype=np.int64)  # K asked at the last scan
+        self.ptr = np.zeros(k, dtype=np.int64)  # next entry to consider
+
+    def fill(self, rows: np.ndarray, val: np.ndarray, idx: np.ndarray) -> None:
+        """Replaces the lists of centroids `rows` with fresh scan results (m x K)."""
+        K = val.shape[1]
+        if K > self.val.shape[1]:
+            pad = K - self.val.shape[1]
+            self.val = np.pad(self.val, ((0, 0), (0, pad)), constant_values=-np.inf)
+            self.idx = np.pad(self.idx, ((0, 0), (0, pad)), constant_values=-1)
+        self.val[rows] = -np.inf
+        self.idx[rows] = -1
+        self.val[rows, :K] = val
+        self.idx[rows, :K] = idx
+        self.length[rows] = (idx >= 0).sum(1)
+        self.capacity[rows] = K
+        self.ptr[rows] = 0
+
+    @property
+    def complete(self) -> np.ndarray:
+        return self.length < self.capacity
+
+    def advance(self, selected: np.ndarray) -> None:
+        """Moves every pointer past entries already selected."""
+        rows = np.arange(self.k)
+        window = np.arange(_WINDOW)
+        while rows.size:
+            pos = self.ptr[rows, None] + window  # (m, W)
+            inside = pos < self.length[rows, None]
+            cand = self.idx[rows[:, None], np.minimum(pos, self.idx.shape[1] - 1)]
+            free = inside & ~selected[np.maximum(cand, 0)]
+            found = free.any(1)
+            step = np.where(found, free.argmax(1), inside.sum(1))
+            self.ptr[rows] += step
+            # Rows whose window was all taken and whose list goes on: look further.
+            rows = rows[~found & (self.ptr[rows] < self.length[rows])]
+
+    @property
+    def dry(self) -> np.ndarray:
+        return self.ptr >= self.length
+
+    def remaining(self) -> np.ndarray:
+        return self.length - self.ptr
+
+    def picks(self):
+        """(indices, scores) of every centroid's current candidate (call advance first)."""
+        rows = np.arange(self.k)
+        return self.idx[rows, self.ptr], self.val[rows, self.ptr]

@@ -1,0 +1,253 @@
+"""select_coreset: SimCore's greedy selection (SPEC.md), exact and streaming.
+
+One pass over U keeps the best K candidates per centroid (the fused `scan_topk` op);
+the rounds then run from those lists. When a list runs dry, one rescan with the selected
+rows excluded refills it and every list that is nearly dry, with twice the capacity.
+The kernel's scores are bit-identical between passes, so the result equals a full pass
+per round. U is never held whole and no k x N matrix is ever formed."""
+from __future__ import annotations
+
+import math
+import time
+from typing import List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import _ops
+from .candidates import CandidateLists
+from .checks import (as_feature_tensor, check_int, check_metric, check_rows, check_tau,
+                     resolve_budget, resolve_device)
+from .kmeans import make_centroids
+from .result import CoresetResult
+from .sources import OpenSet, OpenSetLike
+
+_CHUNK_BYTES = {"cpu": 64 << 20, "cuda": 256 << 20}
+_MAX_CANDIDATE_ENTRIES = 1 << 26  # k x K bound for the first pass (memory per thread)
+
+
+def default_chunk_rows(d: int, dtype: torch.dtype, device: torch.device) -> int:
+    item = torch.empty((), dtype=dtype).element_size()
+    return max(256, _CHUNK_BYTES.get(device.type, 64 << 20) // (d * item))
+
+
+def initial_candidates(budget: int, k: int, n: int) -> int:
+    """K for the first pass: ~3x the items a centroid takes if the budget is spent evenly."""
+    K = 3 * math.ceil(budget / k) + 16
+    K = min(K, max(1024, _MAX_CANDIDATE_ENTRIES // k))
+    return max(1, min(K, n))
+
+
+def _merge(parts: List, K: int):
+    """Best K per row of concatenated (values, indices) parts, given in ascending row order:
+    a stable descending sort keeps ties in ascending index order."""
+    if len(parts) == 1:
+        return parts[0]
+    v = torch.cat([p[0] for p in parts], 1)
+    i = torch.cat([p[1] for p in parts], 1)
+    v, order = v.sort(dim=1, descending=True, stable=True)
+    return v[:, :K].contiguous(), i.gather(1, order[:, :K])
+
+
+class _Scanner:
+    """Streams U through the fused op; validates the rows on the first pass."""
+
+    def __init__(self, U: OpenSet, metric: str, device: torch.device, chunk_rows: int,
+                 progress: bool):
+        self.U, self.metric, self.device = U, metric, device
+        self.chunk_rows, self.progress = chunk_rows, progress
+        self.passes = 0
+
+    def scan(self, C: torch.Tensor, K: int, excluded: Optional[torch.Tensor], desc: str):
+        validate = self.passes == 0
+        self.passes += 1
+        ex_dev = excluded.to(self.device) if excluded is not None else None
+        parts, width = [], 0
+        with tqdm(total=self.U.n, desc=desc, unit="rows", unit_scale=True,
+                  disable=not self.progress, leave=False) as bar:
+            for start, rows, raw in self.U.chunks(self.chunk_rows, self.device):
+                ex = ex_dev[start:start + rows.shape[0]] if ex_dev is not None else None
+                v, i, norms = _ops.scan_topk(C, rows, ex, K, self.metric == "cosine")
+                if validate:
+                    self._validate(raw, norms, start)
+                parts.append((v, torch.where(i >= 0, i + start, i)))
+                width += K
+                if width >= 8 * K:
+                    parts, width = [_merge(parts, K)], K
+                bar.update(rows.shape[0])
+        v, i = _merge(parts, K)
+        return v.cpu().numpy(), i.cpu().numpy()
+
+    def _validate(self, raw: torch.Tensor, norms: torch.Tensor, start: int) -> None:
+        ok = torch.isfinite(norms)
+        if self.metric == "cosine":
+            ok &= norms > 0
+        if raw.dtype == torch.float64:
+            ok &= torch.isfinite(raw.float()).all(1).to(ok.device)
+        if not bool(ok.all()):
+            check_rows(raw.cpu(), self.U.name, self.metric, offset=start, norms=norms.cpu())
+
+
+def _round_set(picks: np.ndarray, scores: np.ndarray, room: int) -> np.ndarray:
+    """S_t in selection order (by first picking centroid); if it holds more than `room`
+    items, the `room` best (value = best score of a picking centroid; ties to the lower
+    first centroid), still in selection order."""
+    items, first, inv = np.unique(picks, return_index=True, return_inverse=True)
+    value = np.full(items.shape[0], -np.inf, dtype=np.float32)
+    np.maximum.at(value, inv.reshape(-1), scores)
+    order = np.argsort(first, kind="stable")
+    items, first, value = items[order], first[order], value[order]
+    if items.shape[0] > room:
+        keep = np.lexsort((first, -value))[:room]
+        items = items[np.sort(keep)]
+    return items
+
+
+def select_coreset(
+    target: Union[torch.Tensor, np.ndarray, None],
+    openset: OpenSetLike,
+    *,
+    k: int = 100,
+    centroids: Union[torch.Tensor, np.ndarray, None] = None,
+    budget: Union[int, float, None] = None,
+    tau: Optional[float] = 0.95,
+    patience: int = 20,
+    metric: str = "cosine",
+    device: Union[str, torch.device, None] = None,
+    chunk_size: Optional[int] = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> CoresetResult:
+    """Selects a SimCore coreset of `openset` for `target` (see SPEC.md).
+
+    target     (n, d) target features X; may be None when `centroids` is given.
+    openset    (N, d) open-set features U: a tensor, numpy array, np.memmap, .npy path,
+               or a list of these (shards; global index = position in the concatenation).
+    k          number of k-means centroids (every target row if k >= n); ignored when
+               `centroids` is given.
+    centroids  (k, d) explicit centroids (normalised under cosine).
+    budget     items (int), a fraction of N in (0, 1), or None: 50 * n (50 * k without
+               a target), the released sampler's cap.
+    tau, patience  stopping criterion: after round `patience` fixes T = tau * g_patience,
+               a later round with g_t < T stops (and is not added). tau=None: off.
+    metric     "cosine" (rows L2-normalised) or "dot".
+    device     where to compute; default: openset's device if it is a tensor, else CUDA
+               if available, else CPU.
+    chunk_size rows of U per streamed chunk (default: ~64 MB on CPU, ~256 MB on CUDA).
+    seed       k-means seed.
+    progress   show a progress bar over each pass.
+
+    float16/bfloat16 features are multiplied in their dtype (the centroids are rounded to
+    it) and accumulated in float32; float32 and float64 are computed in float32.
+    """
+    t_start = time.perf_counter()
+    metric = check_metric(metric)
+    tau = check_tau(tau)
+    patience = check_int(patience, "patience", 1)
+    k = check_int(k, "k", 1)
+    seed = check_int(seed, "seed", 0)
+    if chunk_size is not None:
+        chunk_size = check_int(chunk_size, "chunk_size", 1)
+    if not isinstance(progress, bool):
+        raise TypeError(f"progress must be a bool, got {progress!r}")
+
+    U = OpenSet(openset)
+    X = None
+    if target is not None:
+        X = as_feature_tensor(target, "target")
+        if X.shape[1] != U.d:
+            raise ValueError(f"target has {X.shape[1]} features per row, openset has {U.d}")
+    if centroids is not None:
+        C0 = as_feature_tensor(centroids, "centroids")
+        if C0.shape[1] != U.d:
+            raise ValueError(f"centroids have {C0.shape[1]} features per row, openset has {U.d}")
+        check_rows(C0, "centroids", metric)
+    elif X is None:
+        raise ValueError("target is None: give the target features, or centroids=")
+    else:
+        check_rows(X, "target", metric)
+    k_eff = C0.shape[0] if centroids is not None else min(k, X.shape[0])
+    B = resolve_budget(budget, U.n, 50 * (X.shape[0] if X is not None else k_eff))
+    dev = resolve_device(device, U.tensor_device)
+
+    with torch.no_grad():
+        if centroids is None:
+            C = make_centroids(X.detach().to(dev), k, metric, seed)
+        else:
+            C = C0.detach().to(dev).float()
+            C = F.normalize(C, dim=1) if metric == "cosine" else C
+        t_centroids = time.perf_counter()
+        dtype = U.compute_dtype
+        C_op = C.to(dtype).contiguous()
+        chunk_rows = chunk_size or default_chunk_rows(U.d, dtype, dev)
+        scanner = _Scanner(U, metric, dev, chunk_rows, progress)
+
+        N = U.n
+        selected = np.zeros(N, dtype=bool)
+        lists = CandidateLists(k_eff)
+        K0 = initial_candidates(B, k_eff, N)
+        val, idx = scanner.scan(C_op, K0, None, "simcore: scan")
+        lists.fill(np.arange(k_eff), val, idx)
+        t_first = time.perf_counter()
+
+        order, scores, sizes = [], [], []
+        threshold, n_sel, t, rescanned = None, 0, 0, 0
+        while True:
+            if n_sel >= B:
+                reason = "budget"
+                break
+            if n_sel == N:
+                reason = "exhausted"
+                break
+            t += 1
+            lists.advance(selected)
+            dry = lists.dry
+            if dry.any():
+                # A complete list that ran dry means every row is selected; handled above.
+                assert not (dry & lists.complete).any(), "candidate list bookkeeping broke"
+                need = ~lists.complete & (dry | (lists.remaining() < np.maximum(1, lists.capacity // 8)))
+                rows = np.flatnonzero(need)
+                K = int(min(N - n_sel, 2 * lists.capacity[rows].max()))
+                val, idx = scanner.scan(C_op[torch.from_numpy(rows).to(dev)], K,
+                                        torch.from_numpy(selected),
+                                        f"simcore: rescan ({rows.size} centroids)")
+                lists.fill(rows, val, idx)
+                rescanned += rows.size
+                lists.advance(selected)
+            picks, vals = lists.picks()
+            g = float(np.sum(vals, dtype=np.float64) / k_eff)
+            scores.append(g)
+            if tau is not None and t == patience:
+                threshold = tau * g
+            if tau is not None and t > patience and g < threshold:
+                sizes.append(0)
+                reason = "criterion"
+                break
+            items = _round_set(picks, vals, B - n_sel)
+            selected[items] = True
+            order.append(items)
+            n_sel += items.shape[0]
+            sizes.append(items.shape[0])
+
+    t_end = time.perf_counter()
+    return CoresetResult(
+        indices=torch.from_numpy(np.concatenate(order) if order else np.zeros(0, np.int64)),
+        round_scores=torch.tensor(scores, dtype=torch.float64),
+        round_sizes=torch.tensor(sizes, dtype=torch.int64),
+        stop_reason=reason,
+        threshold=threshold,
+        centroids=C.float().cpu(),
+        params=dict(k=k_eff, budget=B, tau=tau, patience=patience, metric=metric, seed=seed,
+                    n_openset=N, n_target=None if X is None else X.shape[0], d=U.d,
+                    dtype=str(dtype).replace("torch.", ""), device=str(dev),
+                    chunk_size=chunk_rows, openset=U.describe(),
+                    centroids_given=centroids is not None),
+        stats=dict(passes=scanner.passes, rescanned_centroids=int(rescanned),
+                   initial_candidates=K0, seconds=t_end - t_start,
+                   seconds_centroids=t_centroids - t_start,
+                   seconds_first_pass=t_first - t_centroids,
+                   seconds_rounds_and_rescans=t_end - t_first,
+                   cpu_isa=_ops.cpu_isa(), threads=torch.get_num_threads()),
+    )
