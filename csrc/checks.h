@@ -52,6 +52,16 @@ inline void check_scan_inputs(const at::Tensor& centroids, const at::Tensor& ope
   TORCH_CHECK_VALUE(K >= 0, "K must be >= 0, got ", K);
 }
 
+inline void check_floor(const std::optional<at::Tensor>& floor, const at::Tensor& centroids) {
+  if (!floor.has_value()) return;
+  TORCH_CHECK_TYPE(floor->scalar_type() == at::kFloat, "floor must be float32, got ",
+                   floor->scalar_type());
+  TORCH_CHECK_VALUE(floor->dim() == 1 && floor->size(0) == centroids.size(0),
+                    "floor must have shape (", centroids.size(0), ",), got ", floor->sizes());
+  TORCH_CHECK(floor->device() == centroids.device(), "floor must be on ", centroids.device(),
+              ", got ", floor->device());
+}
+
 inline void check_facility_inputs(const at::Tensor& centroids, const at::Tensor& openset,
                                   const at::Tensor& selected, c10::DeviceType device) {
   check_rows_pair(centroids, openset, device);

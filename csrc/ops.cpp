@@ -45,10 +45,11 @@ TORCH_LIBRARY(simcore, m) {
   // smaller row index; missing slots hold -inf / -1. float32 accumulation.
   m.def("masked_topk(Tensor centroids, Tensor openset, Tensor? excluded, int K) -> (Tensor, Tensor)");
   // The fused pass of select_coreset: as masked_topk, with scores divided by ||u_i|| when
-  // `normalize`; also returns every row's L2 norm (float32) for validation.
+  // `normalize`, and only scores strictly above floor[j] (float32 [k]) kept when a floor is
+  // given; also returns every row's L2 norm (float32) for validation.
   m.def(
-      "scan_topk(Tensor centroids, Tensor openset, Tensor? excluded, int K, bool normalize) -> "
-      "(Tensor, Tensor, Tensor)");
+      "scan_topk(Tensor centroids, Tensor openset, Tensor? excluded, int K, bool normalize, "
+      "Tensor? floor=None) -> (Tensor, Tensor, Tensor)");
   // Per centroid, max <c_j, u_i> over the selected rows (-inf where none).
   m.def("facility_location(Tensor centroids, Tensor openset, Tensor selected) -> Tensor");
 }

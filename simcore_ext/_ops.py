@@ -1,7 +1,7 @@
 """The compiled `simcore` torch ops: thin wrappers and fake (meta) impls for torch.compile.
 
 torch.ops.simcore.masked_topk(centroids, openset, excluded, K) -> (values, indices)
-torch.ops.simcore.scan_topk(centroids, openset, excluded, K, normalize) -> (values, indices, norms)
+torch.ops.simcore.scan_topk(centroids, openset, excluded, K, normalize, floor) -> (values, indices, norms)
 torch.ops.simcore.facility_location(centroids, openset, selected) -> per-centroid max
 """
 from __future__ import annotations
@@ -37,9 +37,11 @@ def scan_topk(
     excluded: Optional[torch.Tensor],
     K: int,
     normalize: bool,
+    floor: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """masked_topk with scores divided by ||u_i|| when `normalize`, plus every row's norm."""
-    return torch.ops.simcore.scan_topk(centroids, openset, excluded, K, normalize)
+    """masked_topk with scores divided by ||u_i|| when `normalize`, keeping only scores
+    strictly above floor[j] (float32 [k]) when given; plus every row's float32 L2 norm."""
+    return torch.ops.simcore.scan_topk(centroids, openset, excluded, K, normalize, floor)
 
 
 def facility_location(
@@ -77,7 +79,7 @@ def _masked_topk_fake(centroids, openset, excluded, K):
 
 
 @torch.library.register_fake("simcore::scan_topk")
-def _scan_topk_fake(centroids, openset, excluded, K, normalize):
+def _scan_topk_fake(centroids, openset, excluded, K, normalize, floor=None):
     values, indices = _masked_topk_fake(centroids, openset, excluded, K)
     return values, indices, openset.new_empty((openset.shape[0],), dtype=torch.float32)
 

@@ -24,27 +24,40 @@ from .kmeans import make_centroids
 from .result import CoresetResult
 from .sources import OpenSet, OpenSetLike
 
-_CHUNK_BYTES = {"cpu": 64 << 20, "cuda": 256 << 20}
-_MAX_CANDIDATE_ENTRIES = 1 << 26  # k x K bound for the first pass (memory per thread)
+_CHUNK_BYTES = {"cpu": 64 << 20, "cuda": 256 << 20}  # rows read per chunk from files/arrays
+_TENSOR_CHUNK_BYTES = 512 << 20  # in-memory tensors: chunks only pace the progress bar
+# Bound on k x K x threads for one pass: each thread keeps 2K slots of 16 bytes per
+# centroid (512 MB in all at the bound); past it, rescans refill the lists instead.
+_MAX_CANDIDATE_ENTRIES = 1 << 24
 
 
-def default_chunk_rows(d: int, dtype: torch.dtype, device: torch.device) -> int:
+def default_chunk_rows(d: int, dtype: torch.dtype, device: torch.device, in_memory: bool) -> int:
     item = torch.empty((), dtype=dtype).element_size()
-    return max(256, _CHUNK_BYTES.get(device.type, 64 << 20) // (d * item))
+    budget = _TENSOR_CHUNK_BYTES if in_memory else _CHUNK_BYTES.get(device.type, 64 << 20)
+    return max(256, budget // (d * item))
 
 
-def initial_candidates(budget: int, k: int, n: int) -> int:
-    """K for the first pass: ~3x the items a centroid takes if the budget is spent evenly."""
-    K = 3 * math.ceil(budget / k) + 16
-    K = min(K, max(1024, _MAX_CANDIDATE_ENTRIES // k))
+def _candidate_bound(k: int) -> int:
+    return max(64, _MAX_CANDIDATE_ENTRIES // (k * max(1, torch.get_num_threads())))
+
+
+_CRITERION_CANDIDATES = 1024
+
+
+def initial_candidates(budget: int, k: int, n: int, criterion_cap: bool = False) -> int:
+    """K for the first pass: ~3x the items a centroid takes if the budget is spent evenly.
+
+    With the stop criterion and the default budget (50 n, a loose cap), selection usually
+    stops far earlier: start at most at 1024 and let rescans double K if it does not."""
+    K = min(3 * math.ceil(budget / k) + 16, _candidate_bound(k))
+    if criterion_cap:
+        K = min(K, _CRITERION_CANDIDATES)
     return max(1, min(K, n))
 
 
 def _merge(parts: List, K: int):
-    """Best K per row of concatenated (values, indices) parts, given in ascending row order:
-    a stable descending sort keeps ties in ascending index order."""
-    if len(parts) == 1:
-        return parts[0]
+    """Best K (at most) per row of concatenated (values, indices) parts, given in ascending
+    row order: a stable descending sort keeps ties in ascending index order."""
     v = torch.cat([p[0] for p in parts], 1)
     i = torch.cat([p[1] for p in parts], 1)
     v, order = v.sort(dim=1, descending=True, stable=True)
@@ -64,21 +77,28 @@ class _Scanner:
         validate = self.passes == 0
         self.passes += 1
         ex_dev = excluded.to(self.device) if excluded is not None else None
-        parts, width = [], 0
+        best, pending, width, floor = None, [], 0, None
         with tqdm(total=self.U.n, desc=desc, unit="rows", unit_scale=True,
                   disable=not self.progress, leave=False) as bar:
             for start, rows, raw in self.U.chunks(self.chunk_rows, self.device):
                 ex = ex_dev[start:start + rows.shape[0]] if ex_dev is not None else None
-                v, i, norms = _ops.scan_topk(C, rows, ex, K, self.metric == "cosine")
+                # The K-th best so far is a floor: a later row must beat it strictly.
+                v, i, norms = _ops.scan_topk(C, rows, ex, K, self.metric == "cosine", floor)
                 if validate:
                     self._validate(raw, norms, start)
-                parts.append((v, torch.where(i >= 0, i + start, i)))
-                width += K
-                if width >= 8 * K:
-                    parts, width = [_merge(parts, K)], K
+                m = int((i >= 0).sum(1).max())  # later chunks bring few candidates
+                pending.append((v[:, :m], torch.where(i[:, :m] >= 0, i[:, :m] + start, -1)))
+                width += m
+                if width >= K:  # merge seldom; a stale floor is still a valid floor
+                    best = _merge(([best] if best is not None else []) + pending, K)
+                    pending, width = [], 0
+                    floor = best[0][:, -1].contiguous()
                 bar.update(rows.shape[0])
-        v, i = _merge(parts, K)
-        return v.cpu().numpy(), i.cpu().numpy()
+        best = _merge(([best] if best is not None else []) + pending, K)
+        if best[0].shape[1] < K:  # fewer candidates than K in all of U
+            pad = K - best[0].shape[1]
+            best = (F.pad(best[0], (0, pad), value=float("-inf")), F.pad(best[1], (0, pad), value=-1))
+        return best[0].cpu().numpy(), best[1].cpu().numpy()
 
     def _validate(self, raw: torch.Tensor, norms: torch.Tensor, start: int) -> None:
         ok = torch.isfinite(norms)
@@ -181,13 +201,13 @@ def select_coreset(
         t_centroids = time.perf_counter()
         dtype = U.compute_dtype
         C_op = C.to(dtype).contiguous()
-        chunk_rows = chunk_size or default_chunk_rows(U.d, dtype, dev)
+        chunk_rows = chunk_size or default_chunk_rows(U.d, dtype, dev, U.tensor_device is not None)
         scanner = _Scanner(U, metric, dev, chunk_rows, progress)
 
         N = U.n
         selected = np.zeros(N, dtype=bool)
         lists = CandidateLists(k_eff)
-        K0 = initial_candidates(B, k_eff, N)
+        K0 = initial_candidates(B, k_eff, N, criterion_cap=tau is not None and budget is None)
         val, idx = scanner.scan(C_op, K0, None, "simcore: scan")
         lists.fill(np.arange(k_eff), val, idx)
         t_first = time.perf_counter()
@@ -209,7 +229,8 @@ def select_coreset(
                 assert not (dry & lists.complete).any(), "candidate list bookkeeping broke"
                 need = ~lists.complete & (dry | (lists.remaining() < np.maximum(1, lists.capacity // 8)))
                 rows = np.flatnonzero(need)
-                K = int(min(N - n_sel, 2 * lists.capacity[rows].max()))
+                K = int(min(N - n_sel, 2 * lists.capacity[rows].max(),
+                            max(lists.capacity[rows].max(), _candidate_bound(rows.size))))
                 val, idx = scanner.scan(C_op[torch.from_numpy(rows).to(dev)], K,
                                         torch.from_numpy(selected),
                                         f"simcore: rescan ({rows.size} centroids)")

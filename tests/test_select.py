@@ -49,7 +49,7 @@ def test_matches_oracle(kind, seed, n, N, d, k, budget, stop, metric, chunk, tin
     kw = dict(k=k, budget=budget, tau=tau, patience=patience, metric=metric)
     with pytest.MonkeyPatch.context() as mp:
         if tiny_lists:  # force the rescan path: lists of 1-2 candidates
-            mp.setattr(select_mod, "initial_candidates", lambda B, k, n: min(n, 1 + seed % 2))
+            mp.setattr(select_mod, "initial_candidates", lambda B, k, n, **_: min(n, 1 + seed % 2))
         fast = select_coreset(X, U, chunk_size=chunk, **kw)
     oracle = reference_select(X, U, **kw)
     note(f"fast {fast} stats {fast.stats}\noracle {oracle}")
@@ -78,7 +78,7 @@ def test_random_inputs_equal_oracle_exactly():
 
 def test_rescans_are_exact(monkeypatch):
     X, U = make_data("clustered", 0, 30, 2000, 8)
-    monkeypatch.setattr(select_mod, "initial_candidates", lambda B, k, n: 2)
+    monkeypatch.setattr(select_mod, "initial_candidates", lambda B, k, n, **_: 2)
     fast = select_coreset(X, U, k=10, budget=600, tau=None)
     assert fast.stats["passes"] > 3, fast.stats  # the refill path really ran
     oracle = reference_select(X, U, k=10, budget=600, tau=None)

@@ -44,8 +44,11 @@ cpu::Isa active_isa() {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> scan(const at::Tensor& centroids,
                                                     const at::Tensor& openset,
                                                     const std::optional<at::Tensor>& excluded,
-                                                    int64_t K, bool normalize, bool want_norms) {
+                                                    int64_t K, bool normalize, bool want_norms,
+                                                    const std::optional<at::Tensor>& floor) {
   check_scan_inputs(centroids, openset, excluded, K, at::kCPU);
+  check_floor(floor, centroids);
+  const at::Tensor fl = floor.has_value() ? floor->contiguous() : at::Tensor();
   const at::Tensor C = centroids.contiguous();
   const at::Tensor U = openset.stride(1) == 1 && openset.stride(0) >= openset.size(1)
                            ? openset
@@ -67,7 +70,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scan(const at::Tensor& centroids,
   std::vector<std::unique_ptr<cpu::TopKLists>> lists(threads);
   at::parallel_for(0, cpu::num_tiles(n), 1, [&](int64_t begin, int64_t end) {
     auto& mine = lists[at::get_thread_num()];
-    if (!mine) mine = std::make_unique<cpu::TopKLists>(k, K);
+    if (!mine)
+      mine = std::make_unique<cpu::TopKLists>(k, K, fl.defined() ? fl.data_ptr<float>() : nullptr);
     cpu::scan_tiles(rows, panels, begin, end, *mine);
   });
 
@@ -89,14 +93,16 @@ std::tuple<at::Tensor, at::Tensor> masked_topk_cpu(const at::Tensor& centroids,
                                                    const at::Tensor& openset,
                                                    const std::optional<at::Tensor>& excluded,
                                                    int64_t K) {
-  auto [v, i, n] = scan(centroids, openset, excluded, K, /*normalize=*/false, /*want_norms=*/false);
+  auto [v, i, n] = scan(centroids, openset, excluded, K, /*normalize=*/false,
+                        /*want_norms=*/false, std::nullopt);
   return {v, i};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_topk_cpu(
     const at::Tensor& centroids, const at::Tensor& openset,
-    const std::optional<at::Tensor>& excluded, int64_t K, bool normalize) {
-  return scan(centroids, openset, excluded, K, normalize, /*want_norms=*/true);
+    const std::optional<at::Tensor>& excluded, int64_t K, bool normalize,
+    const std::optional<at::Tensor>& floor) {
+  return scan(centroids, openset, excluded, K, normalize, /*want_norms=*/true, floor);
 }
 
 at::Tensor facility_location_cpu(const at::Tensor& centroids, const at::Tensor& openset,
@@ -104,7 +110,7 @@ at::Tensor facility_location_cpu(const at::Tensor& centroids, const at::Tensor& 
   check_facility_inputs(centroids, openset, selected, at::kCPU);
   // Gathering keeps every score bit-identical to the in-place pass (see scan_kernel.h).
   const at::Tensor rows = openset.index_select(0, selected.nonzero().view(-1));
-  auto [v, i, n] = scan(centroids, rows, std::nullopt, 1, false, false);
+  auto [v, i, n] = scan(centroids, rows, std::nullopt, 1, false, false, std::nullopt);
   return v.view(-1).clone();
 }
 

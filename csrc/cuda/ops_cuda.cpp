@@ -53,8 +53,10 @@ int64_t tile_rows(int64_t k, int64_t n) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> scan(const at::Tensor& centroids,
                                                     const at::Tensor& openset,
                                                     const std::optional<at::Tensor>& excluded,
-                                                    int64_t K, bool normalize, bool want_norms) {
+                                                    int64_t K, bool normalize, bool want_norms,
+                                                    const std::optional<at::Tensor>& floor) {
   check_scan_inputs(centroids, openset, excluded, K, at::kCUDA);
+  check_floor(floor, centroids);
   const c10::cuda::CUDAGuard guard(openset.device());
   const at::Tensor C = centroids.contiguous();
   const at::Tensor U = row_major(openset);
@@ -75,6 +77,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scan(const at::Tensor& centroids,
       const int64_t rows = std::min(tile, n - r0);
       at::Tensor s = score_rows(C, U, r0, rows, normalize ? norms.data_ptr<float>() : nullptr, buffer);
       if (excluded.has_value()) s.masked_fill_(excluded->narrow(0, r0, rows).unsqueeze(0), -INFINITY);
+      if (floor.has_value()) s.masked_fill_(s <= floor->unsqueeze(1), -INFINITY);
       at::Tensor idx = at::arange(r0, r0 + rows, run_i.options()).expand({k, rows});
       // Running list first: its rows precede this tile's, so a stable sort keeps ties in
       // ascending row order.
@@ -99,14 +102,15 @@ std::tuple<at::Tensor, at::Tensor> masked_topk_cuda(const at::Tensor& centroids,
                                                     const at::Tensor& openset,
                                                     const std::optional<at::Tensor>& excluded,
                                                     int64_t K) {
-  auto [v, i, n] = scan(centroids, openset, excluded, K, false, false);
+  auto [v, i, n] = scan(centroids, openset, excluded, K, false, false, std::nullopt);
   return {v, i};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_topk_cuda(
     const at::Tensor& centroids, const at::Tensor& openset,
-    const std::optional<at::Tensor>& excluded, int64_t K, bool normalize) {
-  return scan(centroids, openset, excluded, K, normalize, true);
+    const std::optional<at::Tensor>& excluded, int64_t K, bool normalize,
+    const std::optional<at::Tensor>& floor) {
+  return scan(centroids, openset, excluded, K, normalize, true, floor);
 }
 
 at::Tensor facility_location_cuda(const at::Tensor& centroids, const at::Tensor& openset,

@@ -1,0 +1,149 @@
+"""Turns a pytest-benchmark JSON into the tables of benchmarks/RESULTS.md.
+
+    python benchmarks/report.py benchmarks/results/cpu.json [--out benchmarks/RESULTS.md]
+
+Rewrites only the part between the `<!-- cpu:begin -->` and `<!-- cpu:end -->` markers
+(other sections, e.g. GPU runs, stay as they are). Times are medians."""
+import argparse
+import json
+import os
+import re
+from collections import defaultdict
+
+BEGIN, END = "<!-- cpu:begin -->", "<!-- cpu:end -->"
+
+
+def gflops(b):
+    return b["extra_info"]["flops"] / b["stats"]["median"] / 1e9
+
+
+def fmt_s(seconds):
+    return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def render(data):
+    m = data["machine_info"]
+    sc = m.get("simcore", {})
+    bench = data["benchmarks"]
+    by_kind = defaultdict(list)
+    for b in bench:
+        by_kind[b["extra_info"].get("kind")].append(b)
+    out = [BEGIN, "", "## CPU run", ""]
+    out.append(f"- Machine: {sc.get('cpu_model', m.get('cpu', {}).get('brand_raw', '?'))}, "
+               f"{sc.get('threads')} threads, kernels `{sc.get('cpu_isa')}`, torch {sc.get('torch')}, "
+               f"Python {m.get('python_version')}")
+    commit = data.get("commit_info", {})
+    out.append(f"- Run: {data.get('datetime', '?')[:19]} UTC, commit {commit.get('id', '?')[:10]}"
+               f"{' (dirty)' if commit.get('dirty') else ''}, N = {sc.get('bench_n')}")
+    out.append("- Command: `make bench` (all times are medians of the rounds shown)")
+    out.append("")
+
+    ceiling = {}
+    out += ["### GEMM ceiling (4096 x 4096 x 4096, same run)", "",
+            "| dtype | implementation | median | GFLOP/s |", "|---|---|---|---|"]
+    for b in sorted(by_kind["ceiling"], key=lambda b: (b["extra_info"]["dtype"], b["extra_info"]["impl"])):
+        e, g = b["extra_info"], gflops(b)
+        ceiling[e["dtype"]] = max(ceiling.get(e["dtype"], 0), g)
+        out.append(f"| {e['dtype']} | {e['impl']} | {fmt_s(b['stats']['median'])} | {g:.0f} |")
+    out.append("")
+
+    fused = defaultdict(dict)
+    for b in by_kind["fused"]:
+        e = b["extra_info"]
+        fused[(e["d"], e["dtype"])][e["impl"]] = b
+    out += ["### Fused pass: masked_topk, k = 100, K = 64, N = %s" % sc.get("bench_n"), "",
+            "| d | dtype | simcore | % of ceiling | torch mm+topk | faiss IndexFlatIP | simcore / torch | simcore / faiss |",
+            "|---|---|---|---|---|---|---|---|"]
+    verdicts = []
+    for (d, dtype), impls in sorted(fused.items()):
+        ours = impls.get("simcore masked_topk")
+        if ours is None:
+            continue
+        g = gflops(ours)
+        pct = 100 * g / ceiling[dtype] if dtype in ceiling else float("nan")
+        cells = [f"{d}", dtype, f"{g:.0f} GFLOP/s ({fmt_s(ours['stats']['median'])})", f"{pct:.0f}%"]
+        ratios = []
+        for impl in ("torch chunked mm+topk", "faiss IndexFlatIP (own process)"):
+            b = impls.get(impl)
+            cells.append(f"{gflops(b):.0f} GFLOP/s" if b else "n/a")
+            ratios.append(f"{b['stats']['median'] / ours['stats']['median']:.2f}x" if b else "n/a")
+        out.append("| " + " | ".join(cells + ratios) + " |")
+        if d >= 512:
+            verdicts.append((f"fused pass d={d} {dtype} >= 80% of the {dtype} GEMM ceiling", pct >= 80, f"{pct:.0f}%"))
+    out.append("")
+
+    sel = defaultdict(dict)
+    for b in by_kind["select"]:
+        e = b["extra_info"]
+        sel[(e["n"], e["budget"])][e["impl"]] = b
+    out += ["### select_coreset: d = 256, k = 100, integer features, metric dot (identical indices asserted)", "",
+            "| N | budget | simcore | x one pass | released sampler | speed-up | full pass per round | speed-up | items | rounds | passes |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (n, name), impls in sorted(sel.items()):
+        if name == "pass":
+            continue
+        ours = impls.get("simcore select_coreset")
+        if ours is None:
+            continue
+        t = ours["stats"]["median"]
+        one = sel[(n, "pass")].get("masked_topk K=64 (one pass)")
+        ratio = t / one["stats"]["median"] if one else float("nan")
+        rel = next((b for k, b in impls.items() if k.startswith("released")), None)
+        naive = next((b for k, b in impls.items() if k.startswith("naive")), None)
+        e = ours["extra_info"]
+        cells = [str(n), name, fmt_s(t), f"{ratio:.2f}x"]
+        if rel:
+            mem = rel["extra_info"].get("peak_rss_bytes", 0) / 2**30
+            cells += [f"{fmt_s(rel['stats']['median'])} ({mem:.1f} GB)", f"{rel['stats']['median'] / t:.0f}x"]
+        else:
+            cells += ["", ""]
+        cells += [fmt_s(naive["stats"]["median"]), f"{naive['stats']['median'] / t:.0f}x"] if naive else ["", ""]
+        cells += [str(e["items"]), str(e["rounds"]), str(e["passes"])]
+        out.append("| " + " | ".join(cells) + " |")
+        if name == "1%" and n == max(k[0] for k in sel):
+            verdicts.append((f"select at B=1% of N={n} <= 1.5x one pass", ratio <= 1.5, f"{ratio:.2f}x"))
+        if name == "1%" and rel:
+            sp = rel["stats"]["median"] / t
+            verdicts.append((f"select at B=1%, N={n} >= 100x the released sampler", sp >= 100, f"{sp:.0f}x"))
+    out.append("")
+
+    if by_kind["memory"]:
+        out += ["### Peak memory: select_coreset on a float16 .npy file (k = 100, B = 1%)", "",
+                "| N x d | file | given as | chunk | peak RSS above start | time |", "|---|---|---|---|---|---|"]
+        for b in sorted(by_kind["memory"], key=lambda b: b["extra_info"]["mode"]):
+            e = b["extra_info"]
+            out.append(f"| {e['n']} x {e['d']} | {e['n'] * e['d'] * 2 / 2**30:.2f} GB | {e['mode']} | "
+                       f"{e['chunk_bytes'] / 2**20:.0f} MB | {e['peak_above_start'] / 2**20:.0f} MB | {fmt_s(e['seconds'])} |")
+            if e["mode"] == "path":
+                extra = (e["peak_above_start"] - e["chunk_bytes"]) / 2**30
+                verdicts.append((f"peak memory on the {e['n']}-row file within 1 GB above one chunk",
+                                 extra <= 1.0, f"{e['peak_above_start'] / 2**20:.0f} MB in all"))
+        out.append("")
+
+    out += ["### Targets", "", "| target | met | measured |", "|---|---|---|"]
+    out += [f"| {name} | {'yes' if ok else '**no**'} | {value} |" for name, ok, value in verdicts]
+    out += ["", END]
+    return "\n".join(out)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("json")
+    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "RESULTS.md"))
+    args = p.parse_args()
+    with open(args.json) as f:
+        section = render(json.load(f))
+    text = open(args.out).read() if os.path.exists(args.out) else "# Benchmark results\n\n"
+    if BEGIN in text and END in text:
+        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: section, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    tmp = args.out + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, args.out)
+    print(section)
+
+
+if __name__ == "__main__":
+    main()
