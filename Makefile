@@ -1,0 +1,45 @@
+# One-command set-up on a fresh machine: `make demo` (the main job) and `make test`.
+# Everything lives in $(VENV); torch/torchvision versions can be overridden:
+#   make test TORCH_VERSION=2.9.1 TORCHVISION_VERSION=0.24.1
+# CUDA kernels are built when torch has CUDA and nvcc is found (SIMCORE_CUDA=AUTO|ON|OFF).
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_VERSION ?= 2.14.1
+TORCHVISION_VERSION ?= 0.29.1
+BUILD_DEPS := scikit-build-core "cmake>=3.26" ninja
+RUN_DEPS := numpy tqdm
+TEST_DEPS := pytest hypothesis pytest-benchmark
+
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.deps-$(TORCH_VERSION)-$(TORCHVISION_VERSION)
+
+.PHONY: demo test bench install deps clean
+
+$(STAMP):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install torch==$(TORCH_VERSION) torchvision==$(TORCHVISION_VERSION) \
+		$(RUN_DEPS) $(BUILD_DEPS) $(TEST_DEPS)
+	touch $@
+
+deps: $(STAMP)
+
+# Incremental: the CMake build folder (build/) is reused between installs.
+install: deps
+	$(PY) -m pip install --no-build-isolation --no-deps .
+
+demo: install
+	$(VENV)/bin/simcore demo
+
+test: install
+	$(VENV)/bin/pytest tests
+
+# Benchmarks (minutes, ~24 GB RAM at the default sizes; BENCH_N=100000 for a smoke run).
+bench: install
+	-$(PY) -m pip install faiss-cpu
+	mkdir -p benchmarks/results
+	$(VENV)/bin/pytest benchmarks --benchmark-only --benchmark-json=benchmarks/results/cpu.json
+	$(PY) benchmarks/report.py benchmarks/results/cpu.json
+
+clean:
+	rm -rf build $(VENV)

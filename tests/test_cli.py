@@ -1,0 +1,55 @@
+"""The `simcore` command line: demo and select."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+from simcore.cli import main
+from simcore_ext import CoresetResult, select_coreset
+
+
+def test_demo_runs_and_saves(tmp_path, capsys):
+    assert main(["demo", "--openset-size", "20000", "--quiet", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "stopped (" in out and "coreset: target-class" in out
+    r = CoresetResult.load(tmp_path / "coreset.npz")
+    assert len(r) > 0 and r.params["n_openset"] == 20000
+
+
+def test_select_matches_api(tmp_path, capsys):
+    g = torch.Generator().manual_seed(0)
+    X, U = torch.randn(30, 16, generator=g), torch.randn(3000, 16, generator=g)
+    np.save(tmp_path / "x.npy", X.numpy())
+    np.save(tmp_path / "u0.npy", U[:1000].numpy())
+    np.save(tmp_path / "u1.npy", U[1000:].numpy())
+    out = tmp_path / "sel"
+    rc = main(["select", "--target-features", str(tmp_path / "x.npy"), "--openset-features",
+               str(tmp_path / "u0.npy"), str(tmp_path / "u1.npy"), "--k", "8", "--budget", "2%",
+               "--tau", "none", "--out", str(out), "--quiet"])
+    assert rc == 0
+    r = CoresetResult.load(out / "coreset.npz")
+    ref = select_coreset(X, U, k=8, budget=0.02, tau=None)
+    assert torch.equal(r.indices, ref.indices)
+    summary = json.loads((out / "selection.json").read_text())
+    assert summary["items"] == 60 and summary["stop_reason"] == "budget"
+
+
+def test_bad_arguments_give_one_line_errors(tmp_path, capsys):
+    np.save(tmp_path / "x.npy", np.random.randn(3, 4).astype(np.float32))
+    assert main(["select", "--target-features", str(tmp_path / "x.npy"), "--openset-features",
+                 str(tmp_path / "missing.npy"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "missing.npy" in err
+    np.save(tmp_path / "u.npy", np.random.randn(50, 4).astype(np.float32))
+    assert main(["select", "--target-features", str(tmp_path / "x.npy"), "--openset-features",
+                 str(tmp_path / "u.npy"), "--out", str(tmp_path / "o"), "--budget", "0"]) == 2
+    assert "budget must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_help_lists_defaults():
+    out = subprocess.run([sys.executable, "-m", "simcore", "select", "--help"], capture_output=True,
+                         text=True, cwd="/").stdout
+    assert "default: 0.95" in out and "--openset-features" in out
