@@ -84,8 +84,8 @@ class _Scanner:
                 ex = ex_dev[start:start + rows.shape[0]] if ex_dev is not None else None
                 # The K-th best so far is a floor: a later row must beat it strictly.
                 v, i, norms = _ops.scan_topk(C, rows, ex, K, self.metric == "cosine", floor)
-                if validate:
-                    self._validate(raw, norms, start)
+                if validate:  # norms come free with the pass; details only on failure
+                    check_rows(raw, self.U.name, self.metric, offset=start, norms=norms.to(raw.device))
                 m = int((i >= 0).sum(1).max())  # later chunks bring few candidates
                 pending.append((v[:, :m], torch.where(i[:, :m] >= 0, i[:, :m] + start, -1)))
                 width += m
@@ -99,15 +99,6 @@ class _Scanner:
             pad = K - best[0].shape[1]
             best = (F.pad(best[0], (0, pad), value=float("-inf")), F.pad(best[1], (0, pad), value=-1))
         return best[0].cpu().numpy(), best[1].cpu().numpy()
-
-    def _validate(self, raw: torch.Tensor, norms: torch.Tensor, start: int) -> None:
-        ok = torch.isfinite(norms)
-        if self.metric == "cosine":
-            ok &= norms > 0
-        if raw.dtype == torch.float64:
-            ok &= torch.isfinite(raw.float()).all(1).to(ok.device)
-        if not bool(ok.all()):
-            check_rows(raw.cpu(), self.U.name, self.metric, offset=start, norms=norms.cpu())
 
 
 def _round_set(picks: np.ndarray, scores: np.ndarray, room: int) -> np.ndarray:

@@ -2,11 +2,13 @@
 
 A shard is a torch tensor, a numpy array or memmap, or a path to a `.npy` file; a list of
 them is one open-set whose global row index is the position in the concatenation. `.npy`
-files are read with plain reads into one reused buffer (never mapped whole), so memory
-stays at one chunk whatever the file size.
+paths are walked chunk by chunk with their pages released behind the reader, so resident
+memory stays at about one chunk whatever the file size (a user's np.memmap keeps every
+page it touched resident until the OS reclaims it: prefer paths for huge files).
 """
 from __future__ import annotations
 
+import mmap
 import os
 import warnings
 from typing import Iterator, List, Optional, Sequence, Tuple, Union
@@ -88,13 +90,16 @@ class ArrayShard(Shard):
 
 
 class NpyFileShard(Shard):
-    """A C-ordered `.npy` file read with plain reads into a reused buffer."""
+    """A C-ordered `.npy` file, mapped read-only and walked chunk by chunk: each chunk is a
+    zero-copy view; the next chunk's pages are requested ahead (MADV_WILLNEED) and the
+    previous chunk's pages are dropped from this process (MADV_DONTNEED), so resident
+    memory stays at about one chunk whatever the file size."""
 
     def __init__(self, path: str, name: str):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{name}: no such file: {path}")
         try:
-            header = np.load(path, mmap_mode="r")
+            header = np.load(path, mmap_mode="r")  # parses and checks the header and size
         except Exception as e:  # not an .npy file, object arrays, truncated files...
             raise ValueError(f"{name}: cannot read {path} as a .npy array: {e}") from e
         if not isinstance(header, np.memmap):
@@ -107,39 +112,41 @@ class NpyFileShard(Shard):
         self.rows, self.d = header.shape
         self.offset = header.offset
         self.fortran = bool(header.flags.f_contiguous and not header.flags.c_contiguous)
-        self._mm = header if self.fortran else None  # Fortran order: read through the map
+        self._fortran_map = header if self.fortran else None  # rare: read through numpy
         del header
-        self._file = None
-        self._buf: Optional[np.ndarray] = None
+        self._map: Optional[mmap.mmap] = None
+        self._held: Optional[Tuple[int, int]] = None  # page range of the last chunk
+
+    def _advise(self, advice: str, byte_range: Tuple[int, int]) -> None:
+        """madvise over the pages covering [start, end), where the platform has it."""
+        start, end = byte_range
+        start -= start % mmap.PAGESIZE
+        end = min(end, len(self._map))
+        if end > start and hasattr(mmap, advice) and hasattr(self._map, "madvise"):
+            self._map.madvise(getattr(mmap, advice), start, end - start)
 
     def read(self, start, stop):
-        if self._mm is not None:
-            return numpy_to_torch(self._mm[start:stop])
-        if self._file is None:
-            self._file = open(self.path, "rb", buffering=0)
-            if hasattr(os, "posix_fadvise"):
-                os.posix_fadvise(self._file.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        rows = stop - start
-        if self._buf is None or self._buf.shape[0] < rows:
-            self._buf = np.empty((rows, self.d), dtype=self.file_dtype)
-        buf = self._buf[:rows]
-        self._file.seek(self.offset + start * self.d * self.file_dtype.itemsize)
-        view = memoryview(buf.reshape(-1).view(np.uint8))
-        got = 0
-        while got < len(view):
-            n = self._file.readinto(view[got:])
-            if not n:
-                raise ValueError(
-                    f"{self.name}: {self.path} is truncated (rows {start}..{stop} are missing)"
-                )
-            got += n
-        return numpy_to_torch(buf)
+        if self._fortran_map is not None:
+            return numpy_to_torch(self._fortran_map[start:stop])
+        if self._map is None:
+            with open(self.path, "rb") as f:
+                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        if self._held is not None:  # the previous chunk is done with
+            self._advise("MADV_DONTNEED", self._held)
+        row_bytes = self.d * self.file_dtype.itemsize
+        begin, end = self.offset + start * row_bytes, self.offset + stop * row_bytes
+        self._held = (begin, end)
+        self._advise("MADV_WILLNEED", (end, end + (stop - start) * row_bytes))  # read ahead
+        rows = np.frombuffer(self._map, dtype=self.file_dtype, count=(stop - start) * self.d, offset=begin)
+        return numpy_to_torch(rows.reshape(stop - start, self.d))
 
     def close(self):
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        self._buf = None
+        if self._map is not None:
+            try:
+                self._map.close()
+            except BufferError:  # a chunk view is still alive; the map closes with it
+                pass
+            self._map, self._held = None, None
 
 
 def open_shard(obj, name: str) -> Shard:
@@ -203,8 +210,8 @@ class OpenSet:
     ) -> Iterator[Tuple[int, torch.Tensor, torch.Tensor]]:
         """Yields (global start, rows on `device` in the compute dtype, the raw rows).
 
-        Chunks never span shards and are the same in every pass; each is valid until the
-        next one is requested."""
+        Chunks never span shards and are the same in every pass; use each before asking
+        for the next (a file chunk's pages are released from memory then)."""
         dtype = self.compute_dtype
         try:
             for s, base in zip(self.shards, self.offsets):

@@ -17,7 +17,8 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 ISAS = ["generic", "avx2", "avx512", "avx512bf16"]
 AVAILABLE_ISAS = ISAS[: ISAS.index(simcore_ext.cpu_isa()) + 1]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not (torch.cuda.is_available() and simcore_ext.with_cuda()), reason="needs a CUDA GPU and a CUDA build"))]
 
 
 def pytest_report_header(config):

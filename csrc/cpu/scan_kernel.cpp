@@ -502,6 +502,7 @@ void scan_tiles(const ScanRows& in, const CentroidPanels& C, int64_t tile_begin,
   AlignedBuffer packed(static_cast<size_t>(depth * NT) * 4);
   alignas(64) float nrm[NT];
   const Isa isa = C.isa();
+  L.begin_rows(tile_begin * NT, std::min(tile_end * NT, in.n));
   for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
     const int64_t row0 = tile * NT;
     const int64_t rows = in.n - row0 < NT ? in.n - row0 : NT;

@@ -5,6 +5,11 @@
 // threshold are appended; when the reservoir is full, nth_element keeps the best K and the
 // threshold rises to the K-th score. Appends are sequential writes (cache friendly, unlike
 // a heap of K entries per centroid), and each compaction is O(K) for K appends.
+//
+// While rows arrive in ascending index order (one thread walking its range of tiles), a
+// later row that ties the K-th score loses the tie, so the threshold can sit just above it:
+// exact ties (duplicates, quantised features) then cost nothing. If a range starts below
+// rows already seen, the threshold falls back to the K-th score itself.
 #pragma once
 
 #include <algorithm>
@@ -34,9 +39,20 @@ class TopKLists {
   // `floor` (k scores, or null): only scores strictly above floor[j] may enter list j,
   // e.g. the K-th best of earlier chunks, which no later row can displace on a tie.
   TopKLists(int64_t k, int64_t K, const float* floor = nullptr)
-      : K_(K), size_(k, 0), slots_(static_cast<size_t>(k) * 2 * K), threshold_(k) {
-    for (int64_t j = 0; j < k; ++j)  // -FLT_MAX without a floor: -inf and NaN never enter
+      : K_(K), size_(k, 0), slots_(static_cast<size_t>(k) * 2 * K), threshold_(k), kth_(k) {
+    for (int64_t j = 0; j < k; ++j) {  // -FLT_MAX without a floor: -inf and NaN never enter
       threshold_[j] = K == 0 ? NAN : floor ? std::nextafter(floor[j], INFINITY) : -FLT_MAX;
+      kth_[j] = threshold_[j];
+    }
+  }
+
+  // Rows [begin, end) follow; call before offering them.
+  void begin_rows(int64_t begin, int64_t end) {
+    if (begin < next_row_ && ascending_) {
+      ascending_ = false;
+      for (size_t j = 0; j < threshold_.size(); ++j) threshold_[j] = std::min(threshold_[j], kth_[j]);
+    }
+    next_row_ = std::max(next_row_, end);
   }
 
   // Scores below threshold(j) cannot enter list j; callers compare with >= (NaN: never).
@@ -59,7 +75,8 @@ class TopKLists {
   void compact(int64_t j) {
     Candidate* r = slots_.data() + j * 2 * K_;
     std::nth_element(r, r + (K_ - 1), r + size_[j], candidate_before);
-    threshold_[j] = std::max(threshold_[j], r[K_ - 1].score);  // the K-th best
+    kth_[j] = std::max(kth_[j], r[K_ - 1].score);  // the K-th best
+    threshold_[j] = std::max(threshold_[j], ascending_ ? std::nextafter(kth_[j], INFINITY) : kth_[j]);
     size_[j] = K_;
   }
 
@@ -67,6 +84,9 @@ class TopKLists {
   std::vector<int64_t> size_;
   std::vector<Candidate> slots_;
   std::vector<float> threshold_;
+  std::vector<float> kth_;  // K-th best score so far (or the floor's minimum)
+  int64_t next_row_ = 0;     // one past the largest row offered so far
+  bool ascending_ = true;    // every range so far started after the previous ones
 };
 
 // Writes the K best of `all` (sorted) into out_score/out_index, padding with -inf / -1.
