@@ -47,27 +47,32 @@ def _round(picks, values, room):
 
 
 def released_sampler(C: torch.Tensor, U: torch.Tensor, budget: int, tau=None, patience=20):
-    """Dense k x N matrix, full argsort per centroid, Python deques (SPEC semantics)."""
-    sim = torch.cat([C @ U[a : a + 65536].T for a in range(0, U.shape[0], 65536)], 1)
-    queues = [deque(torch.argsort(sim[j], descending=True, stable=True).tolist())
-              for j in range(sim.shape[0])]
-    chosen, order, threshold, t = set(), [], None, 0
-    k = sim.shape[0]
-    while len(order) < budget and len(order) < U.shape[0]:
+    """The released greedy(): the dense similarity handed over as an (N, k) view, one
+    deque of numpy int64 scalars per centroid (argsort(...).numpy(), ~40 bytes an entry),
+    set membership and a .item() per pick, as in util/sampling.py. Only the semantics
+    follow SPEC.md (stable tie order, stop rule, best-value truncation, selection order)."""
+    sim = torch.cat([C @ U[a : a + 65536].T for a in range(0, U.shape[0], 65536)], 1).T
+    N, K = sim.shape
+    queue_list = [deque(torch.argsort(sim[:, k], descending=True, stable=True).numpy()) for k in range(K)]
+    indices, order, threshold, t = set(), [], None, 0
+    while len(order) < budget and len(order) < N:
         t += 1
         picks, values = [], []
-        for j, q in enumerate(queues):
-            while q[0] in chosen:
-                q.popleft()
-            picks.append(q[0])
-            values.append(sim[j, q[0]].item())
-        g = sum(values) / k
+        for q, queue in enumerate(queue_list):
+            while True:
+                i = queue[0]
+                if i not in indices:
+                    break
+                queue.popleft()
+            picks.append(int(i))
+            values.append(sim[i, q].item())
+        func_value = sum(values) / K
         if tau is not None and t == patience:
-            threshold = tau * g
-        if tau is not None and t > patience and g < threshold:
+            threshold = tau * func_value
+        if tau is not None and t > patience and func_value < threshold:
             break
         items = _round(picks, values, budget - len(order))
-        chosen.update(items)
+        indices.update(items)
         order += items
     return np.asarray(order, dtype=np.int64)
 

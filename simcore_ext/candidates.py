@@ -19,6 +19,7 @@ class CandidateLists:
         self.length = np.zeros(k, dtype=np.int64)  # valid entries
         self.capacity = np.zeros(k, dtype=np.int64)  # K asked at the last scan
         self.ptr = np.zeros(k, dtype=np.int64)  # next entry to consider
+        self.rescanned = 0  # lists refilled after the first fill
 
     def fill(self, rows: np.ndarray, val: np.ndarray, idx: np.ndarray) -> None:
         """Replaces the lists of centroids `rows` with fresh scan results (m x K)."""

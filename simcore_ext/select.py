@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import List, Optional, Sequence, Union
+from dataclasses import dataclass, field
+from typing import List, Optional, Union
 
 import numpy as np
 import torch
@@ -116,6 +117,66 @@ def _round_set(picks: np.ndarray, scores: np.ndarray, room: int) -> np.ndarray:
     return items
 
 
+@dataclass
+class _Rounds:
+    order: List[np.ndarray] = field(default_factory=list)  # items added, round by round
+    scores: List[float] = field(default_factory=list)
+    sizes: List[int] = field(default_factory=list)
+    threshold: Optional[float] = None
+    reason: str = ""
+
+
+def _greedy_rounds(lists: CandidateLists, scanner: _Scanner, C: torch.Tensor, N: int, B: int,
+                   tau: Optional[float], patience: int) -> _Rounds:
+    """SPEC steps 3-6, replayed from the candidate lists."""
+    out = _Rounds()
+    selected = np.zeros(N, dtype=bool)
+    n_sel, t = 0, 0
+    while True:
+        if n_sel >= B:
+            out.reason = "budget"
+            return out
+        if n_sel == N:
+            out.reason = "exhausted"
+            return out
+        t += 1
+        lists.advance(selected)
+        if lists.dry.any():
+            _refill(lists, scanner, C, selected, N - n_sel)
+        picks, vals = lists.picks()
+        g = float(np.sum(vals, dtype=np.float64) / lists.k)
+        out.scores.append(g)
+        if tau is not None and t == patience:
+            out.threshold = tau * g
+        if tau is not None and t > patience and g < out.threshold:
+            out.sizes.append(0)
+            out.reason = "criterion"
+            return out
+        items = _round_set(picks, vals, B - n_sel)
+        selected[items] = True
+        out.order.append(items)
+        out.sizes.append(items.shape[0])
+        n_sel += items.shape[0]
+
+
+def _refill(lists: CandidateLists, scanner: _Scanner, C: torch.Tensor, selected: np.ndarray,
+            unselected: int) -> None:
+    """Rescans U with the selected rows excluded for every list that ran dry or nearly so,
+    with twice the capacity (within the memory bound)."""
+    # A complete list (it held every row not excluded) can only run dry once all rows are
+    # selected, which the round loop handles before calling here.
+    assert not (lists.dry & lists.complete).any(), "candidate list bookkeeping broke"
+    low = lists.remaining() < np.maximum(1, lists.capacity // 8)
+    rows = np.flatnonzero(~lists.complete & (lists.dry | low))
+    cap = int(lists.capacity[rows].max())
+    K = min(unselected, 2 * cap, max(cap, _candidate_bound(rows.size)))
+    val, idx = scanner.scan(C[torch.from_numpy(rows).to(C.device)], K, torch.from_numpy(selected),
+                            f"simcore: rescan ({rows.size} centroids)")
+    lists.fill(rows, val, idx)
+    lists.rescanned += int(rows.size)
+    lists.advance(selected)
+
+
 def select_coreset(
     target: Union[torch.Tensor, np.ndarray, None],
     openset: OpenSetLike,
@@ -196,67 +257,28 @@ def select_coreset(
         scanner = _Scanner(U, metric, dev, chunk_rows, progress)
 
         N = U.n
-        selected = np.zeros(N, dtype=bool)
         lists = CandidateLists(k_eff)
         K0 = initial_candidates(B, k_eff, N, criterion_cap=tau is not None and budget is None)
         val, idx = scanner.scan(C_op, K0, None, "simcore: scan")
         lists.fill(np.arange(k_eff), val, idx)
         t_first = time.perf_counter()
 
-        order, scores, sizes = [], [], []
-        threshold, n_sel, t, rescanned = None, 0, 0, 0
-        while True:
-            if n_sel >= B:
-                reason = "budget"
-                break
-            if n_sel == N:
-                reason = "exhausted"
-                break
-            t += 1
-            lists.advance(selected)
-            dry = lists.dry
-            if dry.any():
-                # A complete list that ran dry means every row is selected; handled above.
-                assert not (dry & lists.complete).any(), "candidate list bookkeeping broke"
-                need = ~lists.complete & (dry | (lists.remaining() < np.maximum(1, lists.capacity // 8)))
-                rows = np.flatnonzero(need)
-                K = int(min(N - n_sel, 2 * lists.capacity[rows].max(),
-                            max(lists.capacity[rows].max(), _candidate_bound(rows.size))))
-                val, idx = scanner.scan(C_op[torch.from_numpy(rows).to(dev)], K,
-                                        torch.from_numpy(selected),
-                                        f"simcore: rescan ({rows.size} centroids)")
-                lists.fill(rows, val, idx)
-                rescanned += rows.size
-                lists.advance(selected)
-            picks, vals = lists.picks()
-            g = float(np.sum(vals, dtype=np.float64) / k_eff)
-            scores.append(g)
-            if tau is not None and t == patience:
-                threshold = tau * g
-            if tau is not None and t > patience and g < threshold:
-                sizes.append(0)
-                reason = "criterion"
-                break
-            items = _round_set(picks, vals, B - n_sel)
-            selected[items] = True
-            order.append(items)
-            n_sel += items.shape[0]
-            sizes.append(items.shape[0])
+        rounds = _greedy_rounds(lists, scanner, C_op, N, B, tau, patience)
 
     t_end = time.perf_counter()
     return CoresetResult(
-        indices=torch.from_numpy(np.concatenate(order) if order else np.zeros(0, np.int64)),
-        round_scores=torch.tensor(scores, dtype=torch.float64),
-        round_sizes=torch.tensor(sizes, dtype=torch.int64),
-        stop_reason=reason,
-        threshold=threshold,
+        indices=torch.from_numpy(np.concatenate(rounds.order) if rounds.order else np.zeros(0, np.int64)),
+        round_scores=torch.tensor(rounds.scores, dtype=torch.float64),
+        round_sizes=torch.tensor(rounds.sizes, dtype=torch.int64),
+        stop_reason=rounds.reason,
+        threshold=rounds.threshold,
         centroids=C.float().cpu(),
         params=dict(k=k_eff, budget=B, tau=tau, patience=patience, metric=metric, seed=seed,
                     n_openset=N, n_target=None if X is None else X.shape[0], d=U.d,
                     dtype=str(dtype).replace("torch.", ""), device=str(dev),
                     chunk_size=chunk_rows, openset=U.describe(),
                     centroids_given=centroids is not None),
-        stats=dict(passes=scanner.passes, rescanned_centroids=int(rescanned),
+        stats=dict(passes=scanner.passes, rescanned_centroids=int(lists.rescanned),
                    initial_candidates=K0, seconds=t_end - t_start,
                    seconds_centroids=t_centroids - t_start,
                    seconds_first_pass=t_first - t_centroids,
