@@ -78,6 +78,8 @@ def render(data):
         e = b["extra_info"]
         sel[(e["n"], e["budget"])][e["impl"]] = b
     out += ["### select_coreset: d = 256, k = 100, integer features, metric dot (identical indices asserted)", "",
+            "One pass = masked_topk (K = 64) on the same data, the smaller of two medians of 5 "
+            "timed just before and after the selection's rounds.", "",
             "| N | budget | simcore | x one pass | released sampler | speed-up | full pass per round | speed-up | items | rounds | passes |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (n, name), impls in sorted(sel.items()):
@@ -87,8 +89,10 @@ def render(data):
         if ours is None:
             continue
         t = ours["stats"]["median"]
-        one = sel[(n, "pass")].get("masked_topk K=64 (one pass)")
-        ratio = t / one["stats"]["median"] if one else float("nan")
+        one = ours["extra_info"].get("one_pass")  # measured next to it, else the pass test
+        if one is None and sel[(n, "pass")].get("masked_topk K=64 (one pass)"):
+            one = sel[(n, "pass")]["masked_topk K=64 (one pass)"]["stats"]["median"]
+        ratio = t / one if one else float("nan")
         rel = next((b for k, b in impls.items() if k.startswith("released")), None)
         naive = next((b for k, b in impls.items() if k.startswith("naive")), None)
         e = ours["extra_info"]

@@ -48,8 +48,8 @@ _CRITERION_CANDIDATES = 1024
 def initial_candidates(budget: int, k: int, n: int, criterion_cap: bool = False) -> int:
     """K for the first pass: ~3x the items a centroid takes if the budget is spent evenly.
 
-    With the stop criterion and the default budget (50 n, a loose cap), selection usually
-    stops far earlier: start at most at 1024 and let rescans double K if it does not."""
+    With the stop criterion on, the budget is only a cap (50 n by default) and selection
+    usually stops far earlier: start at most at 1024 and let rescans double K if it does not."""
     K = min(3 * math.ceil(budget / k) + 16, _candidate_bound(k))
     if criterion_cap:
         K = min(K, _CRITERION_CANDIDATES)
@@ -258,7 +258,7 @@ def select_coreset(
 
         N = U.n
         lists = CandidateLists(k_eff)
-        K0 = initial_candidates(B, k_eff, N, criterion_cap=tau is not None and budget is None)
+        K0 = initial_candidates(B, k_eff, N, criterion_cap=tau is not None)
         val, idx = scanner.scan(C_op, K0, None, "simcore: scan")
         lists.fill(np.arange(k_eff), val, idx)
         t_first = time.perf_counter()
