@@ -5,13 +5,31 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import IO, Any, Callable, Dict, Optional
 
 import numpy as np
 import torch
 
 FORMAT = "simcore.coreset/1"
 STOP_REASONS = ("budget", "criterion", "exhausted")
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: bool = True) -> None:
+    """Writes `path` through a temporary file in the same folder, synced, then renamed:
+    readers see the old file or the whole new one, never a part."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 @dataclass
@@ -52,8 +70,7 @@ class CoresetResult:
         )
 
     def save(self, path: str | os.PathLike) -> None:
-        """Writes an .npz file atomically: a temporary file in the same folder, then rename."""
-        path = os.fspath(path)
+        """Writes an .npz file atomically (see atomic_write)."""
         meta = {
             "format": FORMAT,
             "stop_reason": self.stop_reason,
@@ -68,18 +85,7 @@ class CoresetResult:
             "centroids": self.centroids.cpu().float().numpy(),
             "meta": np.array(json.dumps(meta, allow_nan=False)),
         }
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write(path, lambda f: np.savez(f, **arrays))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "CoresetResult":

@@ -9,7 +9,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 
 import numpy as np
 
@@ -33,19 +32,9 @@ def parse_tau(text: str):
         raise argparse.ArgumentTypeError(f"tau must be a number in (0, 1] or 'none', got {text!r}")
 
 
-def _write_json_atomic(path: str, obj) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def cmd_select(args) -> int:
     from simcore_ext import select_coreset
+    from simcore_ext.result import atomic_write
 
     for p in args.openset_features + [x for x in (args.target_features, args.centroids) if x]:
         if not os.path.isfile(p):
@@ -59,7 +48,8 @@ def cmd_select(args) -> int:
     r.save(os.path.join(args.out, "coreset.npz"))
     summary = dict(items=len(r), rounds=r.rounds, stop_reason=r.stop_reason, threshold=r.threshold,
                    params=r.params, stats=r.stats)
-    _write_json_atomic(os.path.join(args.out, "selection.json"), summary)
+    atomic_write(os.path.join(args.out, "selection.json"), lambda f: json.dump(summary, f, indent=2),
+                 binary=False)
     print(f"selected {len(r)} items in {r.rounds} rounds ({r.stop_reason}) in {r.stats['seconds']:.2f} s "
           f"-> {os.path.join(args.out, 'coreset.npz')}")
     return 0

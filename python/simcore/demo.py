@@ -6,6 +6,7 @@ a known share of items is of the target's classes, a share is related, and the r
 unrelated. The demo selects a coreset and shows what it pulled, against random."""
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
@@ -86,8 +87,6 @@ def run_demo(out: str | None = None, seed: int = 0, n_openset: int = 200_000, pr
     print(f"coreset: {composition(picked)}")
     print(f"random : {composition(rand)}")
     if out:
-        import os
-
         os.makedirs(out, exist_ok=True)
         path = os.path.join(out, "coreset.npz")
         r.save(path)
