@@ -38,7 +38,8 @@ test: install
 bench: install
 	-$(PY) -m pip install faiss-cpu
 	mkdir -p benchmarks/results
-	$(VENV)/bin/pytest benchmarks --benchmark-only --benchmark-json=benchmarks/results/cpu.json
+	$(VENV)/bin/pytest benchmarks --ignore=benchmarks/test_gpu.py --benchmark-only \
+		--benchmark-json=benchmarks/results/cpu.json
 	$(PY) benchmarks/report.py benchmarks/results/cpu.json
 
 clean:

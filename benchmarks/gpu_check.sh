@@ -1,23 +1,58 @@
 #!/usr/bin/env bash
-# GPU check, run once on a machine with a CUDA GPU and no internet, from the repository
-# root: builds the extension with the CUDA kernels and runs the test suite, whose device
-# x dtype grids then include "cuda" (every CUDA result is checked against the float64
-# oracle / reference). Output (log + junit) goes to ${OUT:-./gpu_check_out}.
-# Needs: python3 with torch (CUDA build), numpy, tqdm, scikit-build-core, cmake>=3.26,
-# ninja, pytest, hypothesis; nvcc on PATH.
+# The GPU check, one script, run from the repository root on a machine with a CUDA GPU
+# and no internet (python3 with a CUDA torch, nvcc, cmake >= 3.26, ninja,
+# scikit-build-core, pytest, hypothesis, pytest-benchmark):
+#   1. builds the extension with the CUDA kernels (SIMCORE_CUDA=ON),
+#   2. runs the CUDA tests against the float64 reference and the CPU kernels,
+#   3. benchmarks masked_topk on the GPU (benchmarks/test_gpu.py; 41 GB of GPU memory and
+#      41 GB of pinned host memory at the default GPU_BENCH_N=10000000),
+#   4. prints the markdown table last and writes it, the log and the JSON to ${OUT}.
+# Stages to run: GPU_CHECK_STAGES (default "build test bench sanitize").
 set -uo pipefail
-out="${OUT:-$PWD/gpu_check_out}"
+repo="$PWD"
+out="${OUT:-$repo/gpu_check_out}"
 mkdir -p "$out"
-log="$out/gpu_check.log"
+stages="${GPU_CHECK_STAGES:-build test bench sanitize}"
+py="${PYTHON:-python3}"
+export PYTHONUNBUFFERED=1 SIMCORE_CUDA=ON TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-8.0;9.0a}"
+stamp() { echo "== $(date -u +%T) $*"; }
+status=0
 {
-  echo "== $(date -u) $(git rev-parse --short HEAD 2>/dev/null)"
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-  python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
-  export SIMCORE_CUDA=ON TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-8.0;9.0a}"
-  t0=$(date +%s)
-  python3 -m pip install --no-build-isolation --no-deps . || { echo "BUILD FAILED"; exit 1; }
-  echo "build: $(( $(date +%s) - t0 )) s"
-  python3 -c "import simcore_ext; assert simcore_ext.with_cuda(), 'CUDA kernels not built'; print('with_cuda ok')"
-  cd /tmp && python3 -m pytest "$OLDPWD/tests" -q -x -k "cuda or device" --junitxml="$out/junit.xml" -p no:cacheprovider
-} 2>&1 | tee "$log"
+  stamp "commit $(git rev-parse --short HEAD 2>/dev/null) $(git status --porcelain 2>/dev/null | wc -l) changed files"
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader || true
+  "$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
+  if [[ " $stages " == *" build "* ]]; then
+    stamp "build (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST)"
+    "$py" -m pip install --no-build-isolation --no-deps -v . > "$out/build.log" 2>&1 \
+      || { tail -50 "$out/build.log"; echo "BUILD FAILED"; exit 1; }
+    grep -E "warning|error" "$out/build.log" | grep -v "^ *$" | head -20
+    "$py" -P -c "import simcore_ext as s; assert s.with_cuda(), 'CUDA kernels not built'; print('with_cuda ok, cpu isa', s.cpu_isa())" || exit 1
+  fi
+  if [[ " $stages " == *" test "* ]]; then
+    stamp "tests"
+    tflags=(-q -p no:cacheprovider --maxfail=10 --tb=short)
+    "$py" -c "import pytest_timeout" 2>/dev/null && tflags+=(--timeout=180)
+    "$py" -P -m pytest tests/test_cuda.py tests/test_openset_topk.py "${tflags[@]}" \
+      --junitxml="$out/junit_cuda.xml" || status=1
+    "$py" -P -m pytest tests "${tflags[@]}" -k "cuda and not test_cuda" || status=1
+  fi
+  if [[ " $stages " == *" bench "* ]]; then
+    stamp "benchmarks"
+    "$py" -P -m pytest benchmarks/test_gpu.py --benchmark-only -q -p no:cacheprovider \
+      --benchmark-json="$out/gpu.json" --benchmark-columns=median,min,max,rounds || status=1
+    stamp "table"
+    "$py" benchmarks/gpu_report.py "$out/gpu.json" --out "$out/gpu_table.md" || status=1
+  fi
+  if [[ " $stages " == *" sanitize "* ]] && command -v compute-sanitizer > /dev/null; then
+    stamp "compute-sanitizer (memcheck, racecheck) on small cases"
+    for tool in memcheck racecheck; do
+      timeout 120 compute-sanitizer --tool "$tool" --error-exitcode 9 "$py" -P -m pytest \
+        tests/test_cuda.py -q -p no:cacheprovider \
+        -k "(exact_shapes and 129 and bfloat16) or (exact_shapes and 7-20000) or (adversarial and float32 and 40)" \
+        2>&1 | tail -5 || status=1
+    done
+  fi
+  stamp "done, status $status"
+  exit "$status"
+} 2>&1 | tee "$out/gpu_check.log"
 exit "${PIPESTATUS[0]}"

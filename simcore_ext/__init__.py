@@ -9,10 +9,11 @@ definition (the test oracle)."""
 from ._ops import cpu_isa, facility_location, masked_topk, scan_topk, with_cuda
 from .kmeans import kmeans
 from .result import CoresetResult
-from .select import select_coreset
+from .select import openset_topk, select_coreset
 
 __all__ = [
     "select_coreset",
+    "openset_topk",
     "CoresetResult",
     "kmeans",
     "masked_topk",

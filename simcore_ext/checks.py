@@ -116,4 +116,6 @@ def resolve_device(device, default: Optional[torch.device]) -> torch.device:
         raise ValueError(f"device={device!r} but CUDA is not available")
     if dev.type not in ("cpu", "cuda"):
         raise ValueError(f"device must be a CPU or CUDA device, got {device!r}")
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
     return dev

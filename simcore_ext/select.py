@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from . import _ops
 from .candidates import CandidateLists
+from .distributed import Comm
 from .checks import (as_feature_tensor, check_int, check_metric, check_rows, check_tau,
                      resolve_budget, resolve_device)
 from .kmeans import make_centroids
@@ -38,19 +39,25 @@ def default_chunk_rows(d: int, dtype: torch.dtype, device: torch.device, in_memo
     return max(256, budget // (d * item))
 
 
-def _candidate_bound(k: int) -> int:
+_CUDA_MAX_K = 4096  # beyond it the GPU compaction falls back to slower sorts
+
+
+def _candidate_bound(k: int, device: torch.device) -> int:
+    if device.type == "cuda":  # one buffer of 2-4 K slots per centroid, no per-thread copies
+        return max(64, min(_CUDA_MAX_K, _MAX_CANDIDATE_ENTRIES // k))
     return max(64, _MAX_CANDIDATE_ENTRIES // (k * max(1, torch.get_num_threads())))
 
 
 _CRITERION_CANDIDATES = 1024
 
 
-def initial_candidates(budget: int, k: int, n: int, criterion_cap: bool = False) -> int:
+def initial_candidates(budget: int, k: int, n: int, criterion_cap: bool = False,
+                       device: torch.device = torch.device("cpu")) -> int:
     """K for the first pass: ~3x the items a centroid takes if the budget is spent evenly.
 
     With the stop criterion on, the budget is only a cap (50 n by default) and selection
     usually stops far earlier: start at most at 1024 and let rescans double K if it does not."""
-    K = min(3 * math.ceil(budget / k) + 16, _candidate_bound(k))
+    K = min(3 * math.ceil(budget / k) + 16, _candidate_bound(k, device))
     if criterion_cap:
         K = min(K, _CRITERION_CANDIDATES)
     return max(1, min(K, n))
@@ -66,27 +73,41 @@ def _merge(parts: List, K: int):
 
 
 class _Scanner:
-    """Streams U through the fused op; validates the rows on the first pass."""
+    """Streams U (this rank's rows of it) through the fused op; validates the rows on the
+    first pass; merges the ranks' lists when distributed."""
 
     def __init__(self, U: OpenSet, metric: str, device: torch.device, chunk_rows: int,
-                 progress: bool):
+                 progress: bool, comm: Comm):
         self.U, self.metric, self.device = U, metric, device
-        self.chunk_rows, self.progress = chunk_rows, progress
+        self.chunk_rows, self.progress, self.comm = chunk_rows, progress, comm
         self.passes = 0
 
     def scan(self, C: torch.Tensor, K: int, excluded: Optional[torch.Tensor], desc: str):
+        error, best = None, None
+        try:
+            best = self._scan_rows(C, K, excluded, desc)
+        except (ValueError, TypeError, OSError) as e:  # bad rows or files: tell every rank
+            error = e
+        self.comm.raise_any(error)
+        if self.comm.world > 1:  # slices ascend with the rank: ties keep the smaller row
+            vs, ids = self.comm.gather(best[0]), self.comm.gather(best[1])
+            best = _merge(list(zip(vs, ids)), K)
+        return best[0].cpu().numpy(), best[1].cpu().numpy()
+
+    def _scan_rows(self, C: torch.Tensor, K: int, excluded: Optional[torch.Tensor], desc: str):
         validate = self.passes == 0
         self.passes += 1
+        lo, hi = self.comm.rows(self.U.n)
         ex_dev = excluded.to(self.device) if excluded is not None else None
         best, pending, width, floor = None, [], 0, None
-        with tqdm(total=self.U.n, desc=desc, unit="rows", unit_scale=True,
-                  disable=not self.progress, leave=False) as bar:
-            for start, rows, raw in self.U.chunks(self.chunk_rows, self.device):
+        with tqdm(total=hi - lo, desc=desc, unit="rows", unit_scale=True,
+                  disable=not self.progress or self.comm.rank != 0, leave=False) as bar:
+            for start, rows, raw in self.U.chunks(self.chunk_rows, self.device, (lo, hi)):
                 ex = ex_dev[start:start + rows.shape[0]] if ex_dev is not None else None
                 # The K-th best so far is a floor: a later row must beat it strictly.
                 v, i, norms = _ops.scan_topk(C, rows, ex, K, self.metric == "cosine", floor)
                 if validate:  # norms come free with the pass; details only on failure
-                    check_rows(raw, self.U.name, self.metric, offset=start, norms=norms.to(raw.device))
+                    check_rows(raw, self.U.name, self.metric, offset=start, norms=norms)
                 m = int((i >= 0).sum(1).max())  # later chunks bring few candidates
                 pending.append((v[:, :m], torch.where(i[:, :m] >= 0, i[:, :m] + start, -1)))
                 width += m
@@ -95,11 +116,14 @@ class _Scanner:
                     pending, width = [], 0
                     floor = best[0][:, -1].contiguous()
                 bar.update(rows.shape[0])
+        if best is None and not pending:  # an empty slice (more ranks than rows)
+            pending = [(torch.empty(C.shape[0], 0, device=self.device),
+                        torch.empty(C.shape[0], 0, dtype=torch.int64, device=self.device))]
         best = _merge(([best] if best is not None else []) + pending, K)
-        if best[0].shape[1] < K:  # fewer candidates than K in all of U
+        if best[0].shape[1] < K:  # fewer candidates than K in these rows
             pad = K - best[0].shape[1]
             best = (F.pad(best[0], (0, pad), value=float("-inf")), F.pad(best[1], (0, pad), value=-1))
-        return best[0].cpu().numpy(), best[1].cpu().numpy()
+        return best
 
 
 def _round_set(picks: np.ndarray, scores: np.ndarray, room: int) -> np.ndarray:
@@ -169,12 +193,58 @@ def _refill(lists: CandidateLists, scanner: _Scanner, C: torch.Tensor, selected:
     low = lists.remaining() < np.maximum(1, lists.capacity // 8)
     rows = np.flatnonzero(~lists.complete & (lists.dry | low))
     cap = int(lists.capacity[rows].max())
-    K = min(unselected, 2 * cap, max(cap, _candidate_bound(rows.size)))
+    K = min(unselected, 2 * cap, max(cap, _candidate_bound(rows.size, scanner.device)))
+    K = scanner.comm.min_int(K)  # the same K on every rank
     val, idx = scanner.scan(C[torch.from_numpy(rows).to(C.device)], K, torch.from_numpy(selected),
                             f"simcore: rescan ({rows.size} centroids)")
     lists.fill(rows, val, idx)
     lists.rescanned += int(rows.size)
     lists.advance(selected)
+
+
+def openset_topk(
+    centroids: Union[torch.Tensor, np.ndarray],
+    openset: OpenSetLike,
+    K: int,
+    *,
+    metric: str = "dot",
+    excluded: Union[torch.Tensor, np.ndarray, None] = None,
+    device: Union[str, torch.device, None] = None,
+    chunk_size: Optional[int] = None,
+    progress: bool = False,
+    distributed: bool = False,
+):
+    """The K best open-set rows per centroid, by (score desc, row asc): select_coreset's
+    streamed fused pass on its own. Same inputs as select_coreset (U may be far larger
+    than memory); `excluded` is an optional bool mask over U's rows. Under cosine the rows
+    of U are normalised, the centroids are used as given. Returns CPU tensors: float32
+    values [k, K] and int64 row indices [k, K]; missing slots hold -inf and -1."""
+    metric = check_metric(metric)
+    K = check_int(K, "K", 0)
+    if chunk_size is not None:
+        chunk_size = check_int(chunk_size, "chunk_size", 1)
+    if not isinstance(progress, bool):
+        raise TypeError(f"progress must be a bool, got {progress!r}")
+    comm = Comm(distributed)
+    U = OpenSet(openset)
+    C = as_feature_tensor(centroids, "centroids")
+    if C.shape[1] != U.d:
+        raise ValueError(f"centroids have {C.shape[1]} features per row, openset has {U.d}")
+    check_rows(C, "centroids", "dot")
+    ex = None
+    if excluded is not None:
+        ex = torch.as_tensor(excluded)
+        if ex.dtype != torch.bool or ex.shape != (U.n,):
+            raise ValueError(f"excluded must be a bool mask of shape ({U.n},), got "
+                             f"{ex.dtype} {tuple(ex.shape)}")
+    dev = resolve_device(device, U.tensor_device)
+    dtype = U.compute_dtype
+    C = comm.broadcast(C.detach().to(dev, dtype).contiguous())
+    chunk_rows = chunk_size or default_chunk_rows(U.d, dtype, dev, U.tensor_device is not None)
+    scanner = _Scanner(U, metric, dev, chunk_rows, progress, comm)
+    with torch.no_grad():
+        v, i = scanner.scan(C, K, ex, "simcore: top-K")
+    return torch.from_numpy(v), torch.from_numpy(i)
 
 
 def select_coreset(
@@ -191,6 +261,7 @@ def select_coreset(
     chunk_size: Optional[int] = None,
     seed: int = 0,
     progress: bool = False,
+    distributed: bool = False,
 ) -> CoresetResult:
     """Selects a SimCore coreset of `openset` for `target` (see SPEC.md).
 
@@ -210,6 +281,10 @@ def select_coreset(
     chunk_size rows of U per streamed chunk (default: ~64 MB on CPU, ~256 MB on CUDA).
     seed       k-means seed.
     progress   show a progress bar over each pass.
+    distributed  under torchrun (an initialised process group): every rank streams its
+               own slice of U's rows and the candidate lists are merged across ranks; every
+               rank returns the same result as one process would. Give every rank the
+               same arguments; on GPUs set each rank's device first (nccl).
 
     float16/bfloat16 features are multiplied in their dtype (the centroids are rounded to
     it) and accumulated in float32; float32 and float64 are computed in float32.
@@ -224,6 +299,7 @@ def select_coreset(
         chunk_size = check_int(chunk_size, "chunk_size", 1)
     if not isinstance(progress, bool):
         raise TypeError(f"progress must be a bool, got {progress!r}")
+    comm = Comm(distributed)
 
     U = OpenSet(openset)
     X = None
@@ -250,15 +326,16 @@ def select_coreset(
         else:
             C = C0.detach().to(dev).float()
             C = F.normalize(C, dim=1) if metric == "cosine" else C
+        C = comm.broadcast(C)  # rank 0's centroids everywhere, bit for bit
         t_centroids = time.perf_counter()
         dtype = U.compute_dtype
         C_op = C.to(dtype).contiguous()
         chunk_rows = chunk_size or default_chunk_rows(U.d, dtype, dev, U.tensor_device is not None)
-        scanner = _Scanner(U, metric, dev, chunk_rows, progress)
+        scanner = _Scanner(U, metric, dev, chunk_rows, progress, comm)
 
         N = U.n
         lists = CandidateLists(k_eff)
-        K0 = initial_candidates(B, k_eff, N, criterion_cap=tau is not None)
+        K0 = comm.min_int(initial_candidates(B, k_eff, N, criterion_cap=tau is not None, device=dev))
         val, idx = scanner.scan(C_op, K0, None, "simcore: scan")
         lists.fill(np.arange(k_eff), val, idx)
         t_first = time.perf_counter()
@@ -277,7 +354,7 @@ def select_coreset(
                     n_openset=N, n_target=None if X is None else X.shape[0], d=U.d,
                     dtype=str(dtype).replace("torch.", ""), device=str(dev),
                     chunk_size=chunk_rows, openset=U.describe(),
-                    centroids_given=centroids is not None),
+                    centroids_given=centroids is not None, world_size=comm.world),
         stats=dict(passes=scanner.passes, rescanned_centroids=int(lists.rescanned),
                    initial_candidates=K0, seconds=t_end - t_start,
                    seconds_centroids=t_centroids - t_start,

@@ -206,21 +206,74 @@ class OpenSet:
         return " + ".join(parts)
 
     def chunks(
-        self, chunk_rows: int, device: torch.device
+        self, chunk_rows: int, device: torch.device, rows: Optional[Tuple[int, int]] = None
     ) -> Iterator[Tuple[int, torch.Tensor, torch.Tensor]]:
-        """Yields (global start, rows on `device` in the compute dtype, the raw rows).
+        """Yields (global start, rows on `device` in the compute dtype, the raw rows) for
+        the global rows [lo, hi) given by `rows` (default: all).
 
         Chunks never span shards and are the same in every pass; use each before asking
-        for the next (a file chunk's pages are released from memory then)."""
-        dtype = self.compute_dtype
+        for the next (a file chunk's pages are released from memory then). Host rows bound
+        for a GPU go through pinned buffers, the next chunk's copy overlapping this one's use."""
+        lo, hi = rows if rows is not None else (0, self.n)
+        plan = []
+        for s, base in zip(self.shards, self.offsets):
+            for a in range(max(lo - base, 0), min(hi - base, s.rows), chunk_rows):
+                plan.append((s, base, a, min(a + chunk_rows, hi - base, s.rows)))
         try:
-            for s, base in zip(self.shards, self.offsets):
-                for a in range(0, s.rows, chunk_rows):
-                    raw = s.read(a, min(a + chunk_rows, s.rows))
-                    yield base + a, raw.to(device=device, dtype=dtype), raw
+            on_gpu = self.tensor_device is not None and self.tensor_device.type == "cuda"
+            if device.type == "cuda" and not on_gpu:
+                yield from self._pinned_chunks(plan, chunk_rows, device)
+                return
+            dtype = self.compute_dtype
+            for s, base, a, stop in plan:
+                raw = s.read(a, stop)
+                yield base + a, raw.to(device=device, dtype=dtype), raw
         finally:
             for s in self.shards:
                 s.close()
+
+    def _pinned_chunks(self, plan, chunk_rows: int, device: torch.device):
+        """Double buffering: chunk c+1 is staged in pinned memory and copied on a side
+        stream while the caller's kernels use chunk c on the current stream."""
+        dtype = self.compute_dtype
+        compute = torch.cuda.current_stream(device)
+        copier = torch.cuda.Stream(device)
+        staging: List[Optional[torch.Tensor]] = [None, None]
+        on_device: List[Optional[torch.Tensor]] = [None, None]
+        copied = [torch.cuda.Event(), torch.cuda.Event()]
+        released: List[Optional[torch.cuda.Event]] = [None, None]
+
+        def stage(item, b):
+            s, base, a, stop = item
+            raw = s.read(a, stop)
+            n = stop - a
+            if raw.is_pinned() and raw.dtype == dtype and raw.is_contiguous():
+                src = raw  # already pinned: copy straight from it
+            else:
+                if staging[b] is None:
+                    staging[b] = torch.empty((chunk_rows, self.d), dtype=dtype, pin_memory=True)
+                copied[b].synchronize()  # the last copy out of this staging buffer is done
+                src = staging[b][:n]
+                src.copy_(raw)
+            if on_device[b] is None:
+                on_device[b] = torch.empty((chunk_rows, self.d), dtype=dtype, device=device)
+            with torch.cuda.stream(copier):
+                if released[b] is not None:
+                    copier.wait_event(released[b])
+                on_device[b][:n].copy_(src, non_blocking=True)
+                copied[b].record(copier)
+            return base + a, on_device[b][:n], raw
+
+        copier.wait_stream(compute)  # the device buffers may reuse memory compute still reads
+        pending = stage(plan[0], 0) if plan else None
+        for c in range(len(plan)):
+            b = c % 2
+            following = stage(plan[c + 1], 1 - b) if c + 1 < len(plan) else None
+            compute.wait_event(copied[b])
+            yield pending
+            released[b] = torch.cuda.Event()
+            released[b].record(compute)
+            pending = following
 
     def locate(self, i: int) -> Tuple[Shard, int]:
         """The shard holding global row i and the row's index inside it."""
