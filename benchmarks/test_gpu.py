@@ -83,21 +83,25 @@ def test_ceiling_h2d(benchmark, openset):
     benchmark.pedantic(synced(dst.copy_, src, non_blocking=True), rounds=10, warmup_rounds=2)
 
 
+KERNELS = ["mma", "wgmma"]
+
+
 @pytest.mark.parametrize("d", [512, 2048])
 @pytest.mark.parametrize("k", [100, 1000])
-@pytest.mark.parametrize("impl", ["simcore", "torch"])
-def test_topk_on_device(benchmark, openset, impl, k, d):
+@pytest.mark.parametrize("impl", ["simcore mma", "simcore wgmma", "torch"])
+def test_topk_on_device(benchmark, openset, impl, k, d, monkeypatch):
     U, C = rows(openset[0], d), centroids(k, d)
     benchmark.group = f"device k={k} d={d}"
     info(benchmark, "device", impl=impl, k=k, d=d, K=K, bytes=N * d * 2, flops=2 * k * N * d)
-    if impl == "simcore":
+    if impl.startswith("simcore"):
+        monkeypatch.setenv("SIMCORE_CUDA_KERNEL", impl.split()[1])
         fn = synced(masked_topk, C, U, None, K)
         rounds = 5
     else:
         fn = synced(torch_chunked_topk, C, U, K, chunk=1 << 18)
         rounds = 2
     v, i = benchmark.pedantic(fn, rounds=rounds, warmup_rounds=1)
-    if impl == "simcore":  # the same candidates as torch's, within bf16 GEMM rounding
+    if impl.startswith("simcore"):  # the same best candidate as torch's, within bf16 GEMM rounding
         tv, ti = torch_chunked_topk(C, U, K, chunk=1 << 18)
         assert torch.equal(i[:, 0], ti[:, 0]) or torch.allclose(v[:, 0], tv[:, 0], rtol=1e-2)
 
@@ -105,6 +109,7 @@ def test_topk_on_device(benchmark, openset, impl, k, d):
 @pytest.mark.parametrize("d", [512, 2048])
 @pytest.mark.parametrize("k", [100, 1000])
 def test_topk_streamed_from_pinned_host(benchmark, openset, k, d):
+    # with the default kernel (SIMCORE_CUDA_KERNEL as set for the run)
     U, C = rows(openset[1], d), centroids(k, d)
     benchmark.group = f"host k={k} d={d}"
     info(benchmark, "host", impl="simcore", k=k, d=d, K=K, bytes=N * d * 2, flops=2 * k * N * d)
@@ -113,23 +118,37 @@ def test_topk_streamed_from_pinned_host(benchmark, openset, k, d):
     assert torch.equal(i, id_.cpu()) and torch.equal(v, vd.cpu())
 
 
-@pytest.mark.parametrize("tile", [128, 256])
+VARIANTS = {  # (kernel, tile rows, stages)
+    "wgmma 128x4": ("wgmma", 128, 4), "wgmma 128x3": ("wgmma", 128, 3),
+    "wgmma 256x3": ("wgmma", 256, 3), "mma 128x3": ("mma", 128, 3),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("Kc", [1, 64, 1024, 4096])
-def test_candidates_and_tiles(benchmark, openset, Kc, tile, monkeypatch):
-    k, d = 100, 2048
+@pytest.mark.parametrize("k", [100, 1000])
+def test_candidates_and_variants(benchmark, openset, k, Kc, variant, monkeypatch):
+    if Kc != 64 and variant not in ("wgmma 128x4", "mma 128x3"):
+        pytest.skip("K sweep with the main variants only")
+    d = 2048
     U, C = rows(openset[0], d), centroids(k, d)
+    kernel, tile, stages = VARIANTS[variant]
+    monkeypatch.setenv("SIMCORE_CUDA_KERNEL", kernel)
     monkeypatch.setenv("SIMCORE_CUDA_TILE_ROWS", str(tile))
-    benchmark.group = "K and tile width, k=100 d=2048"
-    info(benchmark, "sweep", impl=f"tile {tile}", k=k, d=d, K=Kc, bytes=N * d * 2, flops=2 * k * N * d)
+    monkeypatch.setenv("SIMCORE_CUDA_STAGES", str(stages))
+    benchmark.group = f"K and kernel variant, k={k} d=2048"
+    info(benchmark, "sweep", impl=variant, k=k, d=d, K=Kc, bytes=N * d * 2, flops=2 * k * N * d)
     benchmark.pedantic(synced(masked_topk, C, U, None, Kc), rounds=3, warmup_rounds=1)
 
 
-def test_select_coreset_on_device(benchmark, openset):
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_select_coreset_on_device(benchmark, openset, kernel, monkeypatch):
+    monkeypatch.setenv("SIMCORE_CUDA_KERNEL", kernel)
     k, d = 100, 2048
     U = rows(openset[0], d)
     X = rows(openset[0], d)[:2000].float() + 0.5  # a "target" near a corner of U
     benchmark.group = "select_coreset"
-    info(benchmark, "select", impl="select_coreset cosine, B=1%", k=k, d=d, bytes=N * d * 2,
+    info(benchmark, "select", impl=kernel, k=k, d=d, bytes=N * d * 2,
          flops=2 * k * N * d)
     r = benchmark.pedantic(synced(select_coreset, X, U, k=k, budget=0.01, tau=None),
                            rounds=2, warmup_rounds=1)

@@ -114,7 +114,8 @@ def test_scores_are_position_independent(dtype):
 
 
 @pytest.mark.parametrize("dtype", CUDA_DTYPES)
-@pytest.mark.parametrize("env", [("SIMCORE_CUDA_TILE_ROWS", "256"), ("SIMCORE_CUDA_ATEN_COMPACT", "1")])
+@pytest.mark.parametrize("env", [("SIMCORE_CUDA_TILE_ROWS", "256"), ("SIMCORE_CUDA_STAGES", "3"),
+                                 ("SIMCORE_CUDA_ATEN_COMPACT", "1")])
 def test_variants_agree_bitwise(dtype, env, monkeypatch):
     g = torch.Generator().manual_seed(4)
     C = torch.randn(200, 136, generator=g).to(dtype).cuda()
@@ -126,6 +127,25 @@ def test_variants_agree_bitwise(dtype, env, monkeypatch):
             m.setenv(*env)
             v2, i2 = ops.masked_topk(C, U, ex, K)
         assert torch.equal(v, v2) and torch.equal(i, i2)
+
+
+@pytest.mark.parametrize("dtype", CUDA_DTYPES)
+@pytest.mark.parametrize("kernel", ["mma", "wgmma"])
+def test_tensor_core_kernels_agree_on_integer_data(dtype, kernel, monkeypatch):
+    if kernel == "wgmma" and torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("wgmma needs an sm_90 GPU")
+    monkeypatch.setenv("SIMCORE_CUDA_KERNEL", kernel)
+    g = torch.Generator().manual_seed(12)
+    C, U = ints(g, 300, 200), ints(g, 50000, 200)
+    ex = torch.rand(50000, generator=g) < 0.1
+    v, i = topk(C, U, ex, 100, dtype)
+    assert_valid_topk(v, i, C, U, ex, 100, exact=True)
+
+
+def test_kernel_choice_errors(monkeypatch):
+    monkeypatch.setenv("SIMCORE_CUDA_KERNEL", "tf32")
+    with pytest.raises(ValueError, match="SIMCORE_CUDA_KERNEL"):
+        ops.masked_topk(torch.randn(2, 8, device="cuda").half(), torch.randn(5, 8, device="cuda").half(), None, 1)
 
 
 @pytest.mark.parametrize("dtype", CUDA_DTYPES)

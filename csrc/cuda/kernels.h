@@ -42,7 +42,9 @@ struct ScanArgs {
   const uint32_t* excluded_bits;  // bit i set: row i is excluded (null: none)
   Candidates cand;
   bool aligned;  // U rows are 16-byte aligned and d % 8 == 0 (16-bit types)
-  int tile_rows;  // 128 or 256 for 16-bit types (benchmarking knob); ignored for float32
+  int tile_rows;    // 128 or 256 for 16-bit types (benchmarking knob); ignored for float32
+  int stages;       // 3 or 4: wgmma pipeline depth (benchmarking knob)
+  bool use_wgmma;   // 16-bit types on sm_90a: warpgroup MMA instead of mma.sync
 };
 
 // Tile sizes: the centroids are zero-padded to whole tiles ([k_pad][d_pad]).
@@ -56,12 +58,15 @@ inline void pad_sizes(Dtype dtype, int k, int d, int* k_pad, int* d_pad) {
   *d_pad = (d + tk - 1) / tk * tk;
 }
 
-cudaError_t launch_mma_scan(const ScanArgs& a, cudaStream_t stream);   // scan_mma.cu
-cudaError_t launch_simt_scan(const ScanArgs& a, cudaStream_t stream);  // scan_f32.cu
+cudaError_t launch_mma_scan(const ScanArgs& a, cudaStream_t stream);    // scan_mma.cu
+cudaError_t launch_wgmma_scan(const ScanArgs& a, cudaStream_t stream);  // scan_wgmma.cu
+cudaError_t launch_simt_scan(const ScanArgs& a, cudaStream_t stream);   // scan_f32.cu
+bool wgmma_available();  // the current device runs sm_90a code of this build
 
 inline cudaError_t launch_fused_scan(const ScanArgs& a, cudaStream_t stream) {
   if (a.rows <= 0 || a.k <= 0) return cudaSuccess;
-  return a.dtype == Dtype::kFloat32 ? launch_simt_scan(a, stream) : launch_mma_scan(a, stream);
+  if (a.dtype == Dtype::kFloat32) return launch_simt_scan(a, stream);
+  return a.use_wgmma ? launch_wgmma_scan(a, stream) : launch_mma_scan(a, stream);
 }
 
 // Sorts the entries appended since the last compaction, merges them into the sorted front

@@ -4,8 +4,9 @@
 // A pass scores U in waves of rows. Each wave's fused kernel appends the scores above a
 // centroid's threshold to its candidate buffer (capacity cap, see below); a compaction
 // keeps the best K and raises the threshold to the K-th score. Waves grow with the rows
-// seen, so that about K * wave / seen entries (a quarter of the free room) arrive per
-// wave when rows come in random order. (cap is 4 * pow2(K) where the compaction's shared
+// seen, so that about K * wave / seen entries arrive per wave when rows come in random
+// order: room / (4 + 32 / K), a margin that widens for small K, whose arrival counts
+// scatter more (K = 1: geometric). (cap is 4 * pow2(K) where the compaction's shared
 // memory allows, else 2 * pow2(K).) A centroid whose buffer still overflows (rows in
 // rising score order, say) is recomputed with smaller waves, down to waves of cap - K
 // rows, which can never overflow. No k x n buffer is ever formed.
@@ -18,6 +19,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <string>
 
 #include "../checks.h"
 #include "kernels.h"
@@ -62,6 +64,18 @@ int64_t pow2_at_least(int64_t x) {
   int64_t p = 1;
   while (p < x) p <<= 1;
   return p;
+}
+
+// The tensor-core kernel for 16-bit types: SIMCORE_CUDA_KERNEL=mma|wgmma, default mma.
+bool use_wgmma() {
+  const char* v = std::getenv("SIMCORE_CUDA_KERNEL");
+  const std::string want = v && *v ? v : "mma";
+  TORCH_CHECK_VALUE(want == "mma" || want == "wgmma",
+                    "SIMCORE_CUDA_KERNEL must be mma or wgmma, got '", want, "'");
+  if (want == "mma") return false;
+  TORCH_CHECK(cuda::wgmma_available(),
+              "SIMCORE_CUDA_KERNEL=wgmma needs an sm_90 GPU and a build for 9.0a");
+  return true;
 }
 
 // Shared memory a block may opt into on the current device.
@@ -156,6 +170,8 @@ void topk_pass(const at::Tensor& C, const Pass& pass, int64_t K_out,
   a.cand = b.view();
   a.aligned = pass.aligned;
   a.tile_rows = static_cast<int>(env_int("SIMCORE_CUDA_TILE_ROWS", 128));
+  a.stages = static_cast<int>(env_int("SIMCORE_CUDA_STAGES", 4));
+  a.use_wgmma = dt != cuda::Dtype::kFloat32 && use_wgmma();
 
   const int64_t room = cap - K;  // free slots after a compaction, at least
   // Waves small enough for int counters and a grid of < 2^31 blocks (64-row tiles or wider).
@@ -166,7 +182,7 @@ void topk_pass(const at::Tensor& C, const Pass& pass, int64_t K_out,
     int64_t wave;
     if (level >= 2) wave = room;  // never overflows: each row adds at most one entry
     else if (seen == 0) wave = cap;  // the buffer is empty
-    else wave = std::max(room, seen * room / ((level == 0 ? 4 : 32) * K));
+    else wave = std::max(room, seen * room / ((level == 0 ? 1 : 8) * (4 * K + 32)));
     wave = std::min({wave, n - pos, max_wave});
     a.row0 = pos;
     a.rows = wave;

@@ -10,26 +10,12 @@
 
 #include "kernels.h"
 #include "offer.cuh"
+#include "tiles.cuh"
 
 namespace simcore::cuda {
 namespace {
 
-constexpr int BM = kMmaTileCentroids, BK = kMmaTileDepth, STAGES = 3, THREADS = 256, WARPS_M = 2, WARPS_N = 4;
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16 bytes global -> shared; bytes past src_bytes are zero-filled (src_bytes 0: all zeros).
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
-               "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
+constexpr int BM = kMmaTileCentroids, BK = kTileDepth, STAGES = 3, THREADS = 256, WARPS_M = 2, WARPS_N = 4;
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t addr, uint32_t& r0, uint32_t& r1,
                                             uint32_t& r2, uint32_t& r3) {
@@ -61,10 +47,6 @@ struct Mma<__half> {
   }
 };
 
-// Element offset of 16-byte granule g (0..7) of tile row `row`: the granule index is
-// XORed with the row's low bits, so the 8 rows one ldmatrix reads sit in 8 bank groups.
-__device__ __forceinline__ int swz(int row, int g) { return row * BK + ((g ^ (row & 7)) << 3); }
-
 constexpr size_t smem_bytes(int bn) { return size_t(STAGES) * (BM + bn) * BK * 2; }
 
 template <typename T, int BN, bool kAligned>
@@ -88,36 +70,8 @@ __global__ void __launch_bounds__(THREADS) mma_scan_kernel(const T* __restrict__
   const int KT = d_pad / BK;
 
   auto load_stage = [&](int stage, int kt) {
-    const int p0 = kt * BK;
-    T* as = As + stage * BM * BK;
-    T* bs = Bs + stage * BN * BK;
-#pragma unroll
-    for (int q = 0; q < BM * 8 / THREADS; ++q) {
-      const int gi = tid + q * THREADS, row = gi >> 3, g = gi & 7;
-      cp_async16(smem_addr(as + swz(row, g)), cblock + static_cast<int64_t>(row) * d_pad + p0 + g * 8,
-                 16);
-    }
-#pragma unroll
-    for (int q = 0; q < BN * 8 / THREADS; ++q) {
-      const int gi = tid + q * THREADS, row = gi >> 3, g = gi & 7;
-      const int p = p0 + g * 8;
-      if constexpr (kAligned) {
-        const bool valid = row < rows_here && p < d;  // d % 8 == 0: a granule is all in or out
-        const T* src = valid ? ublock + row * ldu + p : u;
-        cp_async16(smem_addr(bs + swz(row, g)), src, valid ? 16 : 0);
-      } else {
-        uint16_t v[8];
-        const uint16_t* src = reinterpret_cast<const uint16_t*>(ublock) + row * ldu;
-#pragma unroll
-        for (int e = 0; e < 8; ++e) v[e] = (row < rows_here && p + e < d) ? __ldg(src + p + e) : 0;
-        uint4 w;
-        w.x = v[0] | (uint32_t(v[1]) << 16);
-        w.y = v[2] | (uint32_t(v[3]) << 16);
-        w.z = v[4] | (uint32_t(v[5]) << 16);
-        w.w = v[6] | (uint32_t(v[7]) << 16);
-        *reinterpret_cast<uint4*>(bs + swz(row, g)) = w;
-      }
-    }
+    load_tiles<T, BM, BN, THREADS, kAligned>(As + stage * BM * BK, Bs + stage * BN * BK, cblock,
+                                             d_pad, ublock, u, ldu, d, rows_here, kt * BK, tid);
   };
 
   float acc[MT][NT][4];
@@ -181,7 +135,6 @@ __global__ void __launch_bounds__(THREADS) mma_scan_kernel(const T* __restrict__
 
 template <typename T, int BN, bool kAligned>
 cudaError_t launch_as(const ScanArgs& a, const Epilogue& ep, cudaStream_t stream) {
-  static_assert(BN * 8 % THREADS == 0 && BM * 8 % THREADS == 0, "tile loads");
   auto kernel = mma_scan_kernel<T, BN, kAligned>;
   const size_t smem = smem_bytes(BN);
   cudaError_t err =
