@@ -35,9 +35,9 @@ status=0
     "$py" -P -m pytest tests/test_cuda.py tests/test_openset_topk.py "${tflags[@]}" \
       --junitxml="$out/junit_cuda.xml" || status=1
     if "$py" -c "import torch; exit(0 if torch.cuda.get_device_capability() == (9, 0) else 1)"; then
-      stamp "tests with SIMCORE_CUDA_KERNEL=wgmma"
-      SIMCORE_CUDA_KERNEL=wgmma "$py" -P -m pytest tests/test_cuda.py tests/test_openset_topk.py \
-        "${tflags[@]}" --junitxml="$out/junit_wgmma.xml" || status=1
+      stamp "tests with SIMCORE_CUDA_KERNEL=mma (the default here is wgmma)"
+      SIMCORE_CUDA_KERNEL=mma "$py" -P -m pytest tests/test_cuda.py tests/test_openset_topk.py \
+        "${tflags[@]}" --junitxml="$out/junit_mma.xml" || status=1
     fi
     "$py" -P -m pytest tests "${tflags[@]}" -k "cuda and not test_cuda" || status=1
   fi

@@ -27,7 +27,9 @@ from .result import CoresetResult
 from .sources import OpenSet, OpenSetLike
 
 _CHUNK_BYTES = {"cpu": 64 << 20, "cuda": 256 << 20}  # rows read per chunk from files/arrays
-_TENSOR_CHUNK_BYTES = 512 << 20  # in-memory tensors: chunks only pace the progress bar
+# In-memory tensors: chunks only pace the progress bar (on a GPU each chunk also costs a
+# few launches and syncs, so they are larger there).
+_TENSOR_CHUNK_BYTES = {"cpu": 512 << 20, "cuda": 4 << 30}
 # Bound on k x K x threads for one pass: each thread keeps 2K slots of 16 bytes per
 # centroid (512 MB in all at the bound); past it, rescans refill the lists instead.
 _MAX_CANDIDATE_ENTRIES = 1 << 24
@@ -35,7 +37,8 @@ _MAX_CANDIDATE_ENTRIES = 1 << 24
 
 def default_chunk_rows(d: int, dtype: torch.dtype, device: torch.device, in_memory: bool) -> int:
     item = torch.empty((), dtype=dtype).element_size()
-    budget = _TENSOR_CHUNK_BYTES if in_memory else _CHUNK_BYTES.get(device.type, 64 << 20)
+    table = _TENSOR_CHUNK_BYTES if in_memory else _CHUNK_BYTES
+    budget = table.get(device.type, 64 << 20)
     return max(256, budget // (d * item))
 
 

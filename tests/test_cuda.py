@@ -114,7 +114,7 @@ def test_scores_are_position_independent(dtype):
 
 
 @pytest.mark.parametrize("dtype", CUDA_DTYPES)
-@pytest.mark.parametrize("env", [("SIMCORE_CUDA_TILE_ROWS", "256"), ("SIMCORE_CUDA_STAGES", "3"),
+@pytest.mark.parametrize("env", [("SIMCORE_CUDA_TILE_ROWS", "256"), ("SIMCORE_CUDA_STAGES", "4"),
                                  ("SIMCORE_CUDA_ATEN_COMPACT", "1")])
 def test_variants_agree_bitwise(dtype, env, monkeypatch):
     g = torch.Generator().manual_seed(4)

@@ -66,12 +66,14 @@ int64_t pow2_at_least(int64_t x) {
   return p;
 }
 
-// The tensor-core kernel for 16-bit types: SIMCORE_CUDA_KERNEL=mma|wgmma, default mma.
+// The tensor-core kernel for 16-bit types: SIMCORE_CUDA_KERNEL=mma|wgmma; by default
+// wgmma where this build has sm_90a code for the device (H100/H200), else mma.sync.
 bool use_wgmma() {
   const char* v = std::getenv("SIMCORE_CUDA_KERNEL");
-  const std::string want = v && *v ? v : "mma";
-  TORCH_CHECK_VALUE(want == "mma" || want == "wgmma",
-                    "SIMCORE_CUDA_KERNEL must be mma or wgmma, got '", want, "'");
+  const std::string want = v && *v ? v : "auto";
+  TORCH_CHECK_VALUE(want == "auto" || want == "mma" || want == "wgmma",
+                    "SIMCORE_CUDA_KERNEL must be auto, mma or wgmma, got '", want, "'");
+  if (want == "auto") return cuda::wgmma_available();
   if (want == "mma") return false;
   TORCH_CHECK(cuda::wgmma_available(),
               "SIMCORE_CUDA_KERNEL=wgmma needs an sm_90 GPU and a build for 9.0a");
@@ -170,7 +172,7 @@ void topk_pass(const at::Tensor& C, const Pass& pass, int64_t K_out,
   a.cand = b.view();
   a.aligned = pass.aligned;
   a.tile_rows = static_cast<int>(env_int("SIMCORE_CUDA_TILE_ROWS", 128));
-  a.stages = static_cast<int>(env_int("SIMCORE_CUDA_STAGES", 4));
+  a.stages = static_cast<int>(env_int("SIMCORE_CUDA_STAGES", 3));
   a.use_wgmma = dt != cuda::Dtype::kFloat32 && use_wgmma();
 
   const int64_t room = cap - K;  // free slots after a compaction, at least
