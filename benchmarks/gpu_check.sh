@@ -51,7 +51,7 @@ status=0
   if [[ " $stages " == *" sanitize "* ]] && command -v compute-sanitizer > /dev/null; then
     stamp "compute-sanitizer (memcheck, racecheck) on small cases"
     for tool in memcheck racecheck; do
-      timeout 120 compute-sanitizer --tool "$tool" --error-exitcode 9 "$py" -P -m pytest \
+      timeout "${SANITIZE_TIMEOUT:-120}" compute-sanitizer --tool "$tool" --error-exitcode 9 "$py" -P -m pytest \
         tests/test_cuda.py -q -p no:cacheprovider \
         -k "(exact_shapes and 129 and bfloat16) or (exact_shapes and 7-20000) or (adversarial and float32 and 40)" \
         2>&1 | tail -5 || status=1
