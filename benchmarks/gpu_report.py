@@ -2,6 +2,7 @@
 targets checked against the ceilings measured in the same run.
 
     python benchmarks/gpu_report.py gpu.json [--out table.md] [--results benchmarks/RESULTS.md]
+                                             [--commit HASH]
 
 --results rewrites the part of RESULTS.md between `<!-- gpu:begin -->` and `<!-- gpu:end -->`."""
 import argparse
@@ -16,7 +17,7 @@ def ms(s):
     return f"{s * 1e3:.1f} ms" if s < 10 else f"{s:.1f} s"
 
 
-def render(data):
+def render(data, commit_override=None):
     bench = data["benchmarks"]
     by = defaultdict(list)
     for b in bench:
@@ -31,6 +32,8 @@ def render(data):
     any_b = bench[0]["extra_info"]
     sc = data.get("machine_info", {}).get("simcore", {})
     commit = data.get("commit_info", {})
+    if commit_override:  # the copy that ran may carry a stale .git
+        commit = {"id": commit_override, "dirty": False}
     out = [BEGIN, "", f"## GPU run: {any_b['device']}", ""]
     out.append(f"- Run: {data.get('datetime', '?')[:19]} UTC, commit {commit.get('id', '?')[:10]}"
                f"{' (dirty)' if commit.get('dirty') else ''}, torch {sc.get('torch')}, "
@@ -110,9 +113,10 @@ def main():
     ap.add_argument("json")
     ap.add_argument("--out")
     ap.add_argument("--results")
+    ap.add_argument("--commit", help="the commit that ran, when the JSON's git info is stale")
     args = ap.parse_args()
     with open(args.json) as f:
-        table = render(json.load(f))
+        table = render(json.load(f), args.commit)
     print(table)
     if args.out:
         with open(args.out, "w") as f:

@@ -45,9 +45,11 @@ def worker(rank, world, port, case, bad_row, out):
             import simcore_ext.select as select_mod
             select_mod.initial_candidates = lambda B, k, n, **_: 3
         r = select_coreset(X, U, distributed=True, **kw)
-        out.put((rank, "ok", r.indices, r.round_scores, r.stop_reason, r.params["world_size"]))
+        # numpy, not tensors: a tensor crosses the queue as a shared fd that dies with this process
+        out.put((rank, "ok", r.indices.numpy(), r.round_scores.numpy(), r.stop_reason,
+                 (r.params["world_size"], r.stats["passes"])))
     except Exception as e:  # noqa: BLE001 - reported to the test
-        out.put((rank, "error", f"{type(e).__name__}: {e}", traceback.format_exc(), None, None))
+        out.put((rank, "error", f"{type(e).__name__}: {e}", traceback.format_exc(), None, (None, None)))
     finally:
         dist.destroy_process_group()
 
@@ -76,11 +78,13 @@ def test_distributed_equals_single_process(world, case, monkeypatch):
         monkeypatch.setattr(select_mod, "initial_candidates", lambda B, k, n, **_: 3)
     X, U = data()
     want = select_coreset(X, U, **kw)
-    for rank, status, idx, scores, reason, ws in run(world, case):
+    for rank, status, idx, scores, reason, (ws, passes) in run(world, case):
         assert status == "ok", f"rank {rank}: {idx}\n{scores}"
-        assert ws == world
-        assert torch.equal(idx, want.indices), f"rank {rank}"
-        assert torch.equal(scores, want.round_scores) and reason == want.stop_reason
+        assert ws == world and passes == want.stats["passes"]
+        assert torch.equal(torch.from_numpy(idx), want.indices), f"rank {rank}"
+        assert torch.equal(torch.from_numpy(scores), want.round_scores) and reason == want.stop_reason
+    if case == "rescans":
+        assert want.stats["passes"] > 2
 
 
 def test_bad_row_fails_every_rank():
