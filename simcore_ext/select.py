@@ -26,7 +26,9 @@ from .kmeans import make_centroids
 from .result import CoresetResult
 from .sources import OpenSet, OpenSetLike
 
-_CHUNK_BYTES = {"cpu": 64 << 20, "cuda": 256 << 20}  # rows read per chunk from files/arrays
+# Rows per chunk that must be read or copied (files, arrays, host data bound for a GPU):
+# one chunk is resident at a time on a CPU, two pinned + two device buffers for a GPU.
+_CHUNK_BYTES = {"cpu": 64 << 20, "cuda": 512 << 20}
 # In-memory tensors: chunks only pace the progress bar (on a GPU each chunk also costs a
 # few launches and syncs, so they are larger there).
 _TENSOR_CHUNK_BYTES = {"cpu": 512 << 20, "cuda": 4 << 30}
@@ -36,6 +38,7 @@ _MAX_CANDIDATE_ENTRIES = 1 << 24
 
 
 def default_chunk_rows(d: int, dtype: torch.dtype, device: torch.device, in_memory: bool) -> int:
+    """in_memory: U is a tensor already on `device` (chunks are views, nothing is copied)."""
     item = torch.empty((), dtype=dtype).element_size()
     table = _TENSOR_CHUNK_BYTES if in_memory else _CHUNK_BYTES
     budget = table.get(device.type, 64 << 20)
@@ -43,6 +46,11 @@ def default_chunk_rows(d: int, dtype: torch.dtype, device: torch.device, in_memo
 
 
 _CUDA_MAX_K = 4096  # beyond it the GPU compaction falls back to slower sorts
+
+
+def _resident(U: OpenSet, device: torch.device) -> bool:
+    td = U.tensor_device
+    return td is not None and td.type == device.type
 
 
 def _candidate_bound(k: int, device: torch.device) -> int:
@@ -243,7 +251,7 @@ def openset_topk(
     dev = resolve_device(device, U.tensor_device)
     dtype = U.compute_dtype
     C = comm.broadcast(C.detach().to(dev, dtype).contiguous())
-    chunk_rows = chunk_size or default_chunk_rows(U.d, dtype, dev, U.tensor_device is not None)
+    chunk_rows = chunk_size or default_chunk_rows(U.d, dtype, dev, _resident(U, dev))
     scanner = _Scanner(U, metric, dev, chunk_rows, progress, comm)
     with torch.no_grad():
         v, i = scanner.scan(C, K, ex, "simcore: top-K")
@@ -281,7 +289,9 @@ def select_coreset(
     metric     "cosine" (rows L2-normalised) or "dot".
     device     where to compute; default: openset's device if it is a tensor, else CUDA
                if available, else CPU.
-    chunk_size rows of U per streamed chunk (default: ~64 MB on CPU, ~256 MB on CUDA).
+    chunk_size rows of U per streamed chunk (default: ~64 MB read from files/arrays on a
+               CPU, ~512 MB copied to a GPU; tensors already on the device: ~512 MB on a
+               CPU, ~4 GB on a GPU).
     seed       k-means seed.
     progress   show a progress bar over each pass.
     distributed  under torchrun (an initialised process group): every rank streams its
@@ -333,7 +343,7 @@ def select_coreset(
         t_centroids = time.perf_counter()
         dtype = U.compute_dtype
         C_op = C.to(dtype).contiguous()
-        chunk_rows = chunk_size or default_chunk_rows(U.d, dtype, dev, U.tensor_device is not None)
+        chunk_rows = chunk_size or default_chunk_rows(U.d, dtype, dev, _resident(U, dev))
         scanner = _Scanner(U, metric, dev, chunk_rows, progress, comm)
 
         N = U.n
