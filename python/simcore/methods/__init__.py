@@ -1,0 +1,24 @@
+"""Self-supervised methods by name. A method is one file holding one nn.Module with:
+
+    loss = method(view1, view2)      # the training loss of a batch of two augmented views
+    method.after_step(progress)      # after each optimizer step; progress in [0, 1]
+    method.backbone                  # the encoder whose features are extracted
+
+Add SwAV, DINO or MAE as one file each and one line in METHODS."""
+from __future__ import annotations
+
+from torch import nn
+
+from .byol import BYOL
+from .simclr import SimCLR
+
+METHODS = {"simclr": SimCLR, "byol": BYOL}
+
+
+def build_method(name: str, backbone: nn.Module, **options) -> nn.Module:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}: expected one of {', '.join(sorted(METHODS))}")
+    return METHODS[name](backbone, **options)
+
+
+__all__ = ["METHODS", "build_method", "SimCLR", "BYOL"]

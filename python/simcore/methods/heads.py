@@ -1,0 +1,27 @@
+"""Projection and prediction heads, and cross-rank gathering for contrastive losses."""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
+    """Linear - BatchNorm - ReLU - Linear: SimCLR's projector, BYOL's projector and predictor."""
+    return nn.Sequential(nn.Linear(in_dim, hidden, bias=False), nn.BatchNorm1d(hidden),
+                         nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's x concatenated in rank order, gradients flowing back to their owners
+    (one process: x itself)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather
+    return torch.cat(all_gather(x), 0)
+
+
+def rank_and_world():
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
