@@ -107,7 +107,9 @@ def resolve_device(device, default: Optional[torch.device]) -> torch.device:
     if device is None:
         if default is not None:
             return default
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:

@@ -29,8 +29,8 @@ from .sources import OpenSet, OpenSetLike
 # Rows per chunk that must be read or copied (files, arrays, host data bound for a GPU):
 # one chunk is resident at a time on a CPU, two pinned + two device buffers for a GPU.
 _CHUNK_BYTES = {"cpu": 64 << 20, "cuda": 512 << 20}
-# In-memory tensors: chunks only pace the progress bar (on a GPU each chunk also costs a
-# few launches and syncs, so they are larger there).
+# Tensors already on the compute device: chunks are views that only pace the progress bar
+# (on a GPU each chunk also costs a few launches and syncs, so they are larger there).
 _TENSOR_CHUNK_BYTES = {"cpu": 512 << 20, "cuda": 4 << 30}
 # Bound on k x K x threads for one pass: each thread keeps 2K slots of 16 bytes per
 # centroid (512 MB in all at the bound); past it, rescans refill the lists instead.
@@ -49,8 +49,8 @@ _CUDA_MAX_K = 4096  # beyond it the GPU compaction falls back to slower sorts
 
 
 def _resident(U: OpenSet, device: torch.device) -> bool:
-    td = U.tensor_device
-    return td is not None and td.type == device.type
+    """U is a tensor already on `device`: chunks are views, nothing is copied."""
+    return U.tensor_device == device
 
 
 def _candidate_bound(k: int, device: torch.device) -> int:
@@ -97,7 +97,7 @@ class _Scanner:
         error, best = None, None
         try:
             best = self._scan_rows(C, K, excluded, desc)
-        except (ValueError, TypeError, OSError) as e:  # bad rows or files: tell every rank
+        except Exception as e:  # noqa: BLE001 - bad rows, files, memory: tell every rank
             error = e
         self.comm.raise_any(error)
         if self.comm.world > 1:  # slices ascend with the rank: ties keep the smaller row
@@ -237,25 +237,58 @@ def openset_topk(
     if not isinstance(progress, bool):
         raise TypeError(f"progress must be a bool, got {progress!r}")
     comm = Comm(distributed)
-    U = OpenSet(openset)
-    C = as_feature_tensor(centroids, "centroids")
-    if C.shape[1] != U.d:
-        raise ValueError(f"centroids have {C.shape[1]} features per row, openset has {U.d}")
-    check_rows(C, "centroids", "dot")
-    ex = None
-    if excluded is not None:
-        ex = torch.as_tensor(excluded)
-        if ex.dtype != torch.bool or ex.shape != (U.n,):
-            raise ValueError(f"excluded must be a bool mask of shape ({U.n},), got "
-                             f"{ex.dtype} {tuple(ex.shape)}")
-    dev = resolve_device(device, U.tensor_device)
+
+    def setup():  # per-rank work that can fail: reported to every rank before a collective
+        U = OpenSet(openset)
+        C = as_feature_tensor(centroids, "centroids")
+        if C.shape[1] != U.d:
+            raise ValueError(f"centroids have {C.shape[1]} features per row, openset has {U.d}")
+        check_rows(C, "centroids", "dot")
+        return U, C, _excluded_mask(excluded, U.n), resolve_device(device, U.tensor_device)
+
+    error = None
+    try:
+        U, C, ex, dev = setup()
+    except Exception as e:  # noqa: BLE001 - re-raised on this rank by raise_any
+        error = e
+    comm.raise_any(error)
     dtype = U.compute_dtype
-    C = comm.broadcast(C.detach().to(dev, dtype).contiguous())
-    chunk_rows = chunk_size or default_chunk_rows(U.d, dtype, dev, _resident(U, dev))
-    scanner = _Scanner(U, metric, dev, chunk_rows, progress, comm)
-    with torch.no_grad():
-        v, i = scanner.scan(C, K, ex, "simcore: top-K")
+    C = comm.broadcast(_in_compute_dtype(C.detach().to(dev), dtype, "centroids"))
+    Ks = min(K, U.n)  # slots past the number of rows stay empty
+    if Ks == 0:
+        v = np.full((C.shape[0], 0), -np.inf, np.float32)
+        i = np.full((C.shape[0], 0), -1, np.int64)
+    else:
+        chunk_rows = chunk_size or default_chunk_rows(U.d, dtype, dev, _resident(U, dev))
+        scanner = _Scanner(U, metric, dev, chunk_rows, progress, comm)
+        with torch.no_grad():
+            v, i = scanner.scan(C, Ks, ex, "simcore: top-K")
+    v = np.pad(v, ((0, 0), (0, K - Ks)), constant_values=-np.inf)
+    i = np.pad(i, ((0, 0), (0, K - Ks)), constant_values=-1)
     return torch.from_numpy(v), torch.from_numpy(i)
+
+
+def _excluded_mask(excluded, n: int) -> Optional[torch.Tensor]:
+    if excluded is None:
+        return None
+    try:
+        ex = torch.as_tensor(excluded)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise TypeError(f"excluded must be a bool mask of shape ({n},): {e}") from None
+    if ex.dtype != torch.bool:
+        raise TypeError(f"excluded must be a bool mask, got dtype {ex.dtype}")
+    if tuple(ex.shape) != (n,):
+        raise ValueError(f"excluded must have shape ({n},), got {tuple(ex.shape)}")
+    return ex
+
+
+def _in_compute_dtype(C: torch.Tensor, dtype: torch.dtype, name: str) -> torch.Tensor:
+    """C in U's compute dtype; ValueError if a value does not fit (e.g. 1e6 in float16)."""
+    out = C.to(dtype).contiguous()
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError(f"{name} do not fit in {str(dtype).replace('torch.', '')}, the open-set's "
+                         f"dtype: some values overflow")
+    return out
 
 
 def select_coreset(
@@ -314,35 +347,46 @@ def select_coreset(
         raise TypeError(f"progress must be a bool, got {progress!r}")
     comm = Comm(distributed)
 
-    U = OpenSet(openset)
-    X = None
-    if target is not None:
-        X = as_feature_tensor(target, "target")
-        if X.shape[1] != U.d:
-            raise ValueError(f"target has {X.shape[1]} features per row, openset has {U.d}")
-    if centroids is not None:
-        C0 = as_feature_tensor(centroids, "centroids")
-        if C0.shape[1] != U.d:
-            raise ValueError(f"centroids have {C0.shape[1]} features per row, openset has {U.d}")
-        check_rows(C0, "centroids", metric)
-    elif X is None:
-        raise ValueError("target is None: give the target features, or centroids=")
-    else:
-        check_rows(X, "target", metric)
-    k_eff = C0.shape[0] if centroids is not None else min(k, X.shape[0])
-    B = resolve_budget(budget, U.n, 50 * (X.shape[0] if X is not None else k_eff))
-    dev = resolve_device(device, U.tensor_device)
+    def setup():  # per-rank work that can fail: reported to every rank before a collective
+        U = OpenSet(openset)
+        X = None
+        if target is not None:
+            X = as_feature_tensor(target, "target")
+            if X.shape[1] != U.d:
+                raise ValueError(f"target has {X.shape[1]} features per row, openset has {U.d}")
+        C0 = None
+        if centroids is not None:
+            C0 = as_feature_tensor(centroids, "centroids")
+            if C0.shape[1] != U.d:
+                raise ValueError(f"centroids have {C0.shape[1]} features per row, openset has {U.d}")
+            check_rows(C0, "centroids", metric)
+        elif X is None:
+            raise ValueError("target is None: give the target features, or centroids=")
+        else:
+            check_rows(X, "target", metric)
+        k_eff = C0.shape[0] if C0 is not None else min(k, X.shape[0])
+        B = resolve_budget(budget, U.n, 50 * (X.shape[0] if X is not None else k_eff))
+        dev = resolve_device(device, U.tensor_device)
+        with torch.no_grad():
+            if C0 is None:
+                C = make_centroids(X.detach().to(dev), k, metric, seed)
+            else:
+                C = C0.detach().to(dev).float()
+                C = F.normalize(C, dim=1) if metric == "cosine" else C
+        return U, X, C, k_eff, B, dev
+
+    error = None
+    try:
+        U, X, C, k_eff, B, dev = setup()
+    except Exception as e:  # noqa: BLE001 - re-raised on this rank by raise_any
+        error = e
+    comm.raise_any(error)
 
     with torch.no_grad():
-        if centroids is None:
-            C = make_centroids(X.detach().to(dev), k, metric, seed)
-        else:
-            C = C0.detach().to(dev).float()
-            C = F.normalize(C, dim=1) if metric == "cosine" else C
         C = comm.broadcast(C)  # rank 0's centroids everywhere, bit for bit
         t_centroids = time.perf_counter()
         dtype = U.compute_dtype
-        C_op = C.to(dtype).contiguous()
+        C_op = _in_compute_dtype(C, dtype, "centroids")
         chunk_rows = chunk_size or default_chunk_rows(U.d, dtype, dev, _resident(U, dev))
         scanner = _Scanner(U, metric, dev, chunk_rows, progress, comm)
 

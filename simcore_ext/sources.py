@@ -57,7 +57,8 @@ class Shard:
     dtype: torch.dtype
 
     def read(self, start: int, stop: int) -> torch.Tensor:
-        """Rows [start, stop) in the shard's dtype; valid until the next read."""
+        """Rows [start, stop) in the shard's dtype. The rows stay readable after the next
+        read (a file shard may then have dropped their pages, which re-read from disk)."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -265,15 +266,18 @@ class OpenSet:
             return base + a, on_device[b][:n], raw
 
         copier.wait_stream(compute)  # the device buffers may reuse memory compute still reads
-        pending = stage(plan[0], 0) if plan else None
-        for c in range(len(plan)):
-            b = c % 2
-            following = stage(plan[c + 1], 1 - b) if c + 1 < len(plan) else None
-            compute.wait_event(copied[b])
-            yield pending
-            released[b] = torch.cuda.Event()
-            released[b].record(compute)
-            pending = following
+        try:
+            pending = stage(plan[0], 0) if plan else None
+            for c in range(len(plan)):
+                b = c % 2
+                following = stage(plan[c + 1], 1 - b) if c + 1 < len(plan) else None
+                compute.wait_event(copied[b])
+                yield pending
+                released[b] = torch.cuda.Event()
+                released[b].record(compute)
+                pending = following
+        finally:  # also when the caller stops early: no copy may outlive its buffers
+            compute.wait_stream(copier)
 
     def locate(self, i: int) -> Tuple[Shard, int]:
         """The shard holding global row i and the row's index inside it."""

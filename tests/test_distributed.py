@@ -1,5 +1,6 @@
 """select_coreset(distributed=True) with 2-3 CPU processes (gloo): every rank returns what
 one process returns, rescans included; a bad row on one rank fails every rank."""
+import datetime
 import os
 import socket
 import traceback
@@ -16,6 +17,7 @@ CASES = {
     "criterion": dict(k=9, budget=None, tau=0.95, patience=4, metric="cosine"),
     "rescans": dict(k=5, budget=1500, tau=None, metric="cosine", chunk_size=333),
 }
+CASES_EXTRA = {"tiny": dict(k=2, budget=2, tau=None, metric="dot")}
 
 
 def data(bad_row=None):
@@ -36,14 +38,24 @@ def free_port():
 
 def worker(rank, world, port, case, bad_row, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
     torch.set_num_threads(1)
     try:
         X, U = data(bad_row)
-        kw = dict(CASES[case])
+        kw = dict({**CASES, **CASES_EXTRA}.get(case, {}))
         if case == "rescans":  # tiny first lists: every rank rescans, lists re-merge
             import simcore_ext.select as select_mod
             select_mod.initial_candidates = lambda B, k, n, **_: 3
+        if case == "topk":
+            from simcore_ext import openset_topk
+            v, i = openset_topk(X[:5], U, 50, excluded=torch.arange(len(U)) % 3 == 0, distributed=True)
+            out.put((rank, "ok", i.numpy(), v.numpy(), None, (world, None)))
+            return
+        if case == "tiny":  # more ranks than rows: empty slices
+            X, U = X[:2], U[:2]
+        if case == "missing file":  # fails on one rank before any collective
+            U = U.numpy() if rank == 0 else "/nonexistent/u.npy"
+            kw = dict(k=3)
         r = select_coreset(X, U, distributed=True, **kw)
         # numpy, not tensors: a tensor crosses the queue as a shared fd that dies with this process
         out.put((rank, "ok", r.indices.numpy(), r.round_scores.numpy(), r.stop_reason,
@@ -58,19 +70,24 @@ def run(world, case, bad_row=None):
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=worker, args=(r, world, port, case, bad_row, out))
+    procs = [ctx.Process(target=worker, args=(r, world, port, case, bad_row, out), daemon=True)
              for r in range(world)]
     for p in procs:
         p.start()
-    results = sorted(out.get(timeout=120) for _ in range(world))
-    for p in procs:
-        p.join(timeout=60)
+    try:
+        results = sorted(out.get(timeout=120) for _ in range(world))
+        for p in procs:
+            p.join(timeout=60)
+    finally:  # a hung rank must not hang the test session
+        for p in procs:
+            if p.is_alive():
+                p.kill()
     return results
 
 
 
 @pytest.mark.parametrize("world", [2, 3])
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", list(CASES))  # (plus the cases of their own tests below)
 def test_distributed_equals_single_process(world, case, monkeypatch):
     kw = dict(CASES[case])
     if case == "rescans":
@@ -85,6 +102,30 @@ def test_distributed_equals_single_process(world, case, monkeypatch):
         assert torch.equal(torch.from_numpy(scores), want.round_scores) and reason == want.stop_reason
     if case == "rescans":
         assert want.stats["passes"] > 2
+
+
+def test_openset_topk_distributed():
+    from simcore_ext import openset_topk
+    X, U = data()
+    ex = torch.arange(len(U)) % 3 == 0
+    v, i = openset_topk(X[:5], U, 50, excluded=ex)
+    for rank, status, idx, vals, _, _ in run(2, "topk"):
+        assert status == "ok", idx
+        assert torch.equal(torch.from_numpy(idx), i) and torch.equal(torch.from_numpy(vals), v)
+
+
+def test_more_ranks_than_rows():
+    X, U = data()
+    want = select_coreset(X[:2], U[:2], **CASES_EXTRA["tiny"])
+    for rank, status, idx, scores, reason, _ in run(3, "tiny"):
+        assert status == "ok", idx
+        assert torch.equal(torch.from_numpy(idx), want.indices)
+
+
+def test_setup_failure_on_one_rank_fails_every_rank():
+    results = run(2, "missing file")
+    assert results[1][1] == "error" and "no such file" in results[1][2]
+    assert results[0][1] == "error" and "rank 1 failed" in results[0][2]
 
 
 def test_bad_row_fails_every_rank():

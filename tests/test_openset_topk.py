@@ -29,10 +29,28 @@ def test_cosine():
     assert_valid_topk(v, i, C, U / U.norm(dim=1, keepdim=True), None, 10)
 
 
+def test_k_zero_and_k_beyond_the_rows():
+    C, U = torch.randn(2, 4), torch.randn(10, 4)
+    v, i = openset_topk(C, U, 0)
+    assert v.shape == (2, 0) and i.shape == (2, 0)
+    v, i = openset_topk(C, U, 10**7)  # no memory in proportion to K beyond the rows
+    assert v.shape == (2, 10**7) and (i[:, :10] >= 0).all() and (i[:, 10:] == -1).all()
+    assert torch.isinf(v[:, 10:]).all()
+
+
+def test_centroids_that_overflow_the_openset_dtype():
+    with pytest.raises(ValueError, match="do not fit in float16"):
+        openset_topk(torch.full((2, 4), 1e6), torch.randn(10, 4).half(), 3)
+
+
 def test_errors():
     C, U = torch.randn(2, 4), torch.randn(10, 4)
-    with pytest.raises(ValueError, match="excluded must be a bool mask"):
+    with pytest.raises(ValueError, match="excluded must have shape"):
         openset_topk(C, U, 3, excluded=torch.zeros(9, dtype=torch.bool))
+    with pytest.raises(TypeError, match="excluded must be a bool mask"):
+        openset_topk(C, U, 3, excluded=torch.zeros(10))
+    with pytest.raises(TypeError, match="excluded must be a bool mask"):
+        openset_topk(C, U, 3, excluded=object())
     with pytest.raises(ValueError, match="features per row"):
         openset_topk(torch.randn(2, 5), U, 3)
     with pytest.raises(ValueError, match="K must be >= 0"):
