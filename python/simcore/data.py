@@ -1,0 +1,181 @@
+"""Image datasets for the small-image fast path: an ImageFolder tree or a torchvision named
+dataset, decoded once into a uint8 tensor [N, 3, S, S] and cached on disk.
+
+    images = load_images("data/dogs/train", size=32)            # ImageFolder (any depth)
+    images = load_images("torchvision:cifar10:test", size=32)    # downloads if needed
+
+The cache file is keyed by the dataset's path, the image size, and every image file's
+name, size and mtime, so an edited folder is decoded again. Unreadable images raise a
+ValueError naming the file, or are skipped and counted with skip_bad=True."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.datasets.folder import IMG_EXTENSIONS
+from tqdm.auto import tqdm
+
+log = logging.getLogger("simcore")
+
+# name -> (torchvision class name, how the split is passed, default split, allowed splits)
+TORCHVISION = {
+    "cifar10": ("CIFAR10", "train", "train", ("train", "test")),
+    "cifar100": ("CIFAR100", "train", "train", ("train", "test")),
+    "stl10": ("STL10", "split", "train", ("train", "test", "unlabeled", "train+unlabeled")),
+    "oxford-pets": ("OxfordIIITPet", "split", "trainval", ("trainval", "test")),
+    "flowers102": ("Flowers102", "split", "train", ("train", "val", "test")),
+    "fgvc-aircraft": ("FGVCAircraft", "split", "trainval", ("train", "val", "trainval", "test")),
+    "dtd": ("DTD", "split", "train", ("train", "val", "test")),
+    "food101": ("Food101", "split", "train", ("train", "test")),
+}
+
+
+@dataclass
+class ImageSet:
+    images: torch.Tensor  # uint8 [N, 3, S, S]
+    labels: torch.Tensor  # int64 [N] (-1 where unknown)
+    classes: List[str]
+    paths: List[str]  # one per image: its file, or "name:split:index"
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+def parse_spec(spec: str) -> Tuple[str, str, Optional[str]]:
+    """'PATH' -> ('folder', PATH, None); 'torchvision:NAME[:SPLIT]' -> ('torchvision', NAME, SPLIT)."""
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"a dataset must be a folder path or torchvision:NAME[:split], got {spec!r}")
+    if not spec.startswith("torchvision:"):
+        return "folder", spec, None
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or parts[1] not in TORCHVISION:
+        raise ValueError(f"unknown dataset {spec!r}: expected torchvision:NAME[:split] with NAME one of "
+                         f"{', '.join(TORCHVISION)}")
+    _, _, default, allowed = TORCHVISION[parts[1]]
+    split = parts[2] if len(parts) == 3 else default
+    if split not in allowed:
+        raise ValueError(f"{parts[1]} has no split {split!r}: expected one of {', '.join(allowed)}")
+    return "torchvision", parts[1], split
+
+
+def _list_folder(root: str) -> Tuple[List[Tuple[str, int]], List[str]]:
+    """(file, class index) pairs of an ImageFolder tree (images at any depth below each
+    class folder), sorted; the class names."""
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"no such dataset folder: {root}")
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise ValueError(f"{root} has no class folders (expected ROOT/<class>/<image files>)")
+    items = []
+    for c, name in enumerate(classes):
+        for dirpath, dirnames, files in os.walk(os.path.join(root, name), followlinks=True):
+            dirnames.sort()
+            items += [(os.path.join(dirpath, f), c) for f in sorted(files)
+                      if f.lower().endswith(IMG_EXTENSIONS)]
+    if not items:
+        raise ValueError(f"{root} holds no images ({', '.join(IMG_EXTENSIONS)})")
+    return items, classes
+
+
+def _to_uint8(img: Image.Image, size: int) -> np.ndarray:
+    img = img.convert("RGB")
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.BICUBIC)
+    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def _decode(items, size: int, skip_bad: bool, open_image: Callable, desc: str):
+    images, labels, paths, bad = [], [], [], 0
+    for path, label in tqdm(items, desc=desc, unit="img", leave=False):
+        try:
+            with open_image(path) as img:
+                images.append(_to_uint8(img, size))
+        except Exception as e:  # noqa: BLE001 - PIL raises many kinds
+            if not skip_bad:
+                raise ValueError(f"cannot read image {path}: {e} (--skip-bad-images skips such files)") from None
+            bad += 1
+            continue
+        labels.append(label)
+        paths.append(path)
+    if bad:
+        log.warning("skipped %d unreadable image(s) of %d", bad, len(items))
+    if not images:
+        raise ValueError(f"{desc}: no readable images")
+    return torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64), paths
+
+
+def _cache_key(root: str, size: int, items) -> str:
+    h = hashlib.sha1(f"{os.path.abspath(root)}|{size}".encode())
+    for path, label in items:
+        st = os.stat(path)
+        h.update(f"|{os.path.relpath(path, root)}|{label}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:20]
+
+
+def _save_atomic(obj: Dict, path: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("SIMCORE_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "simcore"))
+
+
+def load_images(spec: str, size: int, *, cache_dir: Optional[str] = None, skip_bad: bool = False,
+                download_root: Optional[str] = None) -> ImageSet:
+    """Decodes a dataset into uint8 [N, 3, size, size] (cached; see the module docstring).
+    download_root: where torchvision datasets are stored (default: <cache_dir>/torchvision)."""
+    if not (isinstance(size, int) and size >= 1):
+        raise ValueError(f"size must be a positive int, got {size!r}")
+    kind, name, split = parse_spec(spec)
+    cache_dir = cache_dir or default_cache_dir()
+    if kind == "folder":
+        items, classes = _list_folder(name)
+        key = _cache_key(name, size, items)
+        cache = os.path.join(cache_dir, "images", f"{os.path.basename(os.path.normpath(name))}-{size}px-{key}.pt")
+        if os.path.exists(cache):
+            d = torch.load(cache, weights_only=True)
+            return ImageSet(d["images"], d["labels"], list(d["classes"]), list(d["paths"]))
+        images, labels, paths = _decode(items, size, skip_bad, Image.open, f"decoding {name}")
+        _save_atomic(dict(images=images, labels=labels, classes=classes, paths=paths), cache)
+        return ImageSet(images, labels, classes, paths)
+    return _load_torchvision(name, split, size, cache_dir, skip_bad, download_root)
+
+
+def _load_torchvision(name: str, split: str, size: int, cache_dir: str, skip_bad: bool,
+                      download_root: Optional[str]) -> ImageSet:
+    cache = os.path.join(cache_dir, "images", f"torchvision-{name}-{split}-{size}px.pt")
+    if os.path.exists(cache):
+        d = torch.load(cache, weights_only=True)
+        return ImageSet(d["images"], d["labels"], list(d["classes"]), list(d["paths"]))
+    import torchvision.datasets as tvd
+    cls_name, how, _, _ = TORCHVISION[name]
+    root = download_root or os.path.join(cache_dir, "torchvision")
+    kwargs = {"train": split == "train"} if how == "train" else {"split": split}
+    try:
+        ds = getattr(tvd, cls_name)(root=root, download=True, **kwargs)
+    except Exception as e:  # noqa: BLE001 - network errors, missing archives, checksums
+        raise RuntimeError(f"cannot load torchvision:{name}:{split} into {root}: {e}") from e
+    classes = [str(c) for c in getattr(ds, "classes", [])]
+
+    refs = [f"{name}:{split}:{i}" for i in range(len(ds))]
+    seen_labels: Dict[str, int] = {}
+
+    def open_image(ref):
+        img, y = ds[int(ref.rsplit(":", 1)[1])]
+        seen_labels[ref] = -1 if y is None else int(y)
+        return img if isinstance(img, Image.Image) else Image.fromarray(np.asarray(img))
+
+    images, _, paths = _decode([(r, -1) for r in refs], size, skip_bad, open_image,
+                               f"decoding {name}:{split}")
+    labels = torch.tensor([seen_labels[p] for p in paths], dtype=torch.int64)
+    _save_atomic(dict(images=images, labels=labels, classes=classes, paths=paths), cache)
+    return ImageSet(images, labels, classes, paths)
