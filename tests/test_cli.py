@@ -1,4 +1,4 @@
-"""The `simcore` command line: demo and select."""
+"""The `simcore` command line: demo, select, pretrain, extract, eval."""
 import json
 import subprocess
 import sys
@@ -53,3 +53,41 @@ def test_help_lists_defaults():
     out = subprocess.run([sys.executable, "-m", "simcore", "select", "--help"], capture_output=True,
                          text=True, cwd="/").stdout
     assert "default: 0.95" in out and "--openset-features" in out
+
+
+def test_pretrain_extract_eval_commands(tmp_path, capsys):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 16), ("test", 6)):
+        for c in range(2):
+            d = tmp_path / split / f"c{c}"
+            d.mkdir(parents=True)
+            for i in range(n):
+                img = np.clip(60 + 120 * c + rng.integers(-30, 30, (16, 16, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(d / f"{i}.png")
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    run = tmp_path / "run"
+    assert main(["pretrain", "--data", str(tmp_path / "train"), "--out", str(run), "--arch", "resnet18-w0.25",
+                 "--epochs", "1", "--batch-size", "8", "--image-size", "16", "--amp", "off", "--quiet"] + cache) == 0
+    assert "pretrained 1 epoch(s)" in capsys.readouterr().out
+    ckpt = str(run / "checkpoint.pt")
+    assert main(["extract", "--checkpoint", ckpt, "--data", str(tmp_path / "test"),
+                 "--out", str(tmp_path / "f.npy"), "--quiet"] + cache) == 0
+    assert np.load(tmp_path / "f.npy").shape[0] == 12
+    capsys.readouterr()
+    assert main(["eval", "knn", "--checkpoint", ckpt, "--train", str(tmp_path / "train"),
+                 "--test", str(tmp_path / "test")] + cache) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(result) == {"knn_top1_k20", "knn_top1_k200"}
+    assert main(["eval", "linear", "--checkpoint", ckpt, "--train", str(tmp_path / "train"),
+                 "--test", str(tmp_path / "test"), "--epochs", "5"] + cache) == 0
+    assert "linear_top1" in capsys.readouterr().out
+    # one-line errors
+    assert main(["pretrain", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r2")] + cache) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no such dataset folder" in err
+    assert main(["pretrain", "--data", str(tmp_path / "train"), "--out", str(tmp_path / "r3"),
+                 "--arch", "vgg16"] + cache) == 2
+    assert "unknown architecture" in capsys.readouterr().err
+    assert main(["pretrain", "--data", str(tmp_path / "train"), "--out", str(run)] + cache) == 2
+    assert "--resume" in capsys.readouterr().err

@@ -1,6 +1,9 @@
 """The `simcore` command line: one subcommand per stage.
 
     simcore demo                  a selection on built-in generated features
+    simcore pretrain ...          self-supervised pretraining (SimCLR, BYOL) into a run folder
+    simcore extract ...           backbone features of a dataset into a .npy file
+    simcore eval knn|linear ...   kNN / linear-probe accuracy of a checkpoint
     simcore select ...            select a coreset from feature files (.npy)
 """
 from __future__ import annotations
@@ -55,6 +58,60 @@ def cmd_select(args) -> int:
     return 0
 
 
+def cmd_pretrain(args) -> int:
+    from .train import TrainConfig, pretrain
+
+    options = {}
+    if args.temperature is not None:
+        options["temperature"] = args.temperature
+    cfg = TrainConfig(data=args.data, out=args.out, method=args.method, arch=args.arch,
+                      epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                      weight_decay=args.weight_decay, optimizer=args.optimizer,
+                      warmup_epochs=min(args.warmup_epochs, args.epochs), image_size=args.image_size,
+                      min_crop=args.min_crop,
+                      seed=args.seed, amp=args.amp, compile=args.compile,
+                      skip_bad_images=args.skip_bad_images, cache_dir=args.cache_dir,
+                      method_options=options)
+    losses = pretrain(cfg, resume=args.resume, progress=not args.quiet)
+    if losses:
+        print(f"pretrained {len(losses)} epoch(s), last loss {losses[-1]:.4f} -> "
+              f"{os.path.join(args.out, 'checkpoint.pt')}")
+    return 0
+
+
+def cmd_extract(args) -> int:
+    from .extract import extract
+
+    out = extract(args.checkpoint, args.data, args.out, dtype=args.dtype, batch_size=args.batch_size,
+                  device=args.device, cache_dir=args.cache_dir, skip_bad=args.skip_bad_images,
+                  progress=not args.quiet)
+    print(f"features -> {out}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import torch
+
+    from .data import load_images
+    from .evaluate import features, knn, linear_probe
+    from .extract import load_backbone
+
+    dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    backbone, cfg = load_backbone(args.checkpoint, dev)
+    sets = [load_images(s, cfg["image_size"], cache_dir=args.cache_dir) for s in (args.train, args.test)]
+    if sets[0].classes != sets[1].classes:
+        raise ValueError(f"train and test have different classes: {sets[0].classes} vs {sets[1].classes}")
+    ftr, fte = (features(backbone, s.images, cfg["image_size"]) for s in sets)
+    if args.protocol == "knn":
+        acc = knn(ftr, sets[0].labels, fte, sets[1].labels)
+        result = {f"knn_top1_k{k}": v for k, v in acc.items()}
+    else:
+        acc = linear_probe(ftr, sets[0].labels, fte, sets[1].labels, epochs=args.epochs, seed=args.seed)
+        result = {f"linear_{k}": v for k, v in acc.items()}
+    print(json.dumps(result))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -73,6 +130,57 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--openset-size", type=int, default=200_000, help="rows of the generated open-set")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=cmd_demo)
+
+    t = sub.add_parser("pretrain", help="self-supervised pretraining into a run folder",
+                       formatter_class=fmt)
+    t.add_argument("--data", action="append", required=True, metavar="PATH",
+                   help="an ImageFolder tree or torchvision:NAME[:split]; repeat to concatenate")
+    t.add_argument("--out", required=True, help="run folder: config.json, metrics.csv, checkpoint.pt")
+    t.add_argument("--method", choices=["simclr", "byol"], default="simclr")
+    t.add_argument("--arch", default="resnet18", help="resnet18, resnet50, or e.g. resnet18-w0.25")
+    t.add_argument("--epochs", type=int, default=100)
+    t.add_argument("--batch-size", type=int, default=256, help="global batch (all ranks)")
+    t.add_argument("--lr", type=float, default=None, help="peak learning rate (default 0.06 x batch / 256)")
+    t.add_argument("--weight-decay", type=float, default=5e-4)
+    t.add_argument("--optimizer", choices=["sgd", "lars"], default="sgd")
+    t.add_argument("--warmup-epochs", type=int, default=10)
+    t.add_argument("--image-size", type=int, default=32, help="images are resized to this (<= 96)")
+    t.add_argument("--min-crop", type=float, default=0.08, help="smallest random-resized-crop area")
+    t.add_argument("--temperature", type=float, default=None, help="SimCLR temperature (default 0.5)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
+                   help="bf16 autocast: auto = where the GPU or CPU has native bf16")
+    t.add_argument("--compile", action="store_true", help="torch.compile the model")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out")
+    t.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images (counted)")
+    t.add_argument("--cache-dir", default=None, help="decoded-image cache (default ~/.cache/simcore)")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(func=cmd_pretrain)
+
+    e = sub.add_parser("extract", help="backbone features of a dataset into a .npy file",
+                       formatter_class=fmt)
+    e.add_argument("--checkpoint", required=True, help="a pretrain run's checkpoint.pt")
+    e.add_argument("--data", required=True, help="an ImageFolder tree or torchvision:NAME[:split]")
+    e.add_argument("--out", required=True, metavar="FEATS.npy",
+                   help="output; FEATS.paths.txt maps rows to images; reruns resume")
+    e.add_argument("--dtype", choices=["float16", "float32"], default="float16")
+    e.add_argument("--batch-size", type=int, default=512)
+    e.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA if available)")
+    e.add_argument("--skip-bad-images", action="store_true")
+    e.add_argument("--cache-dir", default=None)
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=cmd_extract)
+
+    v = sub.add_parser("eval", help="kNN or linear-probe accuracy of a checkpoint", formatter_class=fmt)
+    v.add_argument("protocol", choices=["knn", "linear"])
+    v.add_argument("--checkpoint", required=True)
+    v.add_argument("--train", required=True, help="labelled training images (ImageFolder or torchvision:...)")
+    v.add_argument("--test", required=True, help="labelled test images")
+    v.add_argument("--epochs", type=int, default=100, help="linear probe epochs")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--device", default=None)
+    v.add_argument("--cache-dir", default=None)
+    v.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("select", help="select a coreset from feature files (.npy)", formatter_class=fmt)
     s.add_argument("--openset-features", nargs="+", required=True, metavar="U.npy",
@@ -100,7 +208,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as e:
         print(f"simcore {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

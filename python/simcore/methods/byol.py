@@ -14,7 +14,8 @@ from .heads import mlp
 
 def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """Mean over the batch of 2 - 2 cos(p, z) (z is a target: no gradient)."""
-    return (2 - 2 * F.cosine_similarity(p.float(), z.detach().float(), dim=1)).mean()
+    with torch.autocast(p.device.type, enabled=False):  # the loss in float32
+        return (2 - 2 * F.cosine_similarity(p.float(), z.detach().float(), dim=1)).mean()
 
 
 class BYOL(nn.Module):

@@ -12,13 +12,26 @@ def mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
                          nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
 
 
+_AUX = {}
+
+
+def aux_group():
+    """A process group of its own for the collectives inside the model's forward and
+    backward: on DDP's group they could interleave with DDP's gradient all-reduces, which
+    run in the background during backward, and mix their data."""
+    key = id(dist.distributed_c10d._get_default_group())
+    if key not in _AUX:
+        _AUX[key] = dist.new_group(list(range(dist.get_world_size())))
+    return _AUX[key]
+
+
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Every rank's x concatenated in rank order, gradients flowing back to their owners
     (one process: x itself)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x
     from torch.distributed.nn.functional import all_gather
-    return torch.cat(all_gather(x), 0)
+    return torch.cat(all_gather(x, group=aux_group()), 0)
 
 
 def rank_and_world():

@@ -12,7 +12,12 @@ from .heads import gather_with_grad, mlp, rank_and_world
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
     """Mean over this rank's 2B anchors of -log softmax of its positive among the other
     2N - 1 projections of the global batch (N = B x world size); cosine similarities / t."""
-    z1, z2 = F.normalize(z1.float(), dim=1), F.normalize(z2.float(), dim=1)
+    with torch.autocast(z1.device.type, enabled=False):  # the loss in float32
+        return _nt_xent(z1.float(), z2.float(), temperature)
+
+
+def _nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
     rank, _ = rank_and_world()
     b = z1.shape[0]
     keys = torch.cat([gather_with_grad(z1), gather_with_grad(z2)], 0)  # [2N, dim]

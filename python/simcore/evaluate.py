@@ -1,0 +1,89 @@
+"""Evaluation on frozen features: weighted kNN (cosine, votes exp(s / 0.07), k = 20 and
+200, as the paper's Table 7a) and a linear probe (features computed once; the final
+epoch's top-1 and mean-per-class accuracy on the test split; never an epoch chosen on it)."""
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .augment import Augment, normalize
+
+
+@torch.no_grad()
+def features(backbone: torch.nn.Module, images: torch.Tensor, size: int, batch_size: int = 512,
+             device: Optional[torch.device] = None) -> torch.Tensor:
+    """Avg-pooled backbone features (float32, CPU) of uint8 images [N, 3, H, W]."""
+    device = device or next(backbone.parameters()).device
+    backbone.eval()
+    cfg = Augment(size=size)
+    out = []
+    for a in range(0, images.shape[0], batch_size):
+        x = normalize(images[a:a + batch_size].to(device), cfg)
+        out.append(backbone(x).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0, getattr(backbone, "feature_dim", 0))
+
+
+def _check(train_f, train_y, test_f, test_y):
+    if train_f.dim() != 2 or test_f.dim() != 2 or train_f.shape[1] != test_f.shape[1]:
+        raise ValueError(f"features must be [N, d] with the same d, got {tuple(train_f.shape)} "
+                         f"and {tuple(test_f.shape)}")
+    if train_y.shape != (train_f.shape[0],) or test_y.shape != (test_f.shape[0],):
+        raise ValueError("one label per feature row is needed")
+    if train_f.shape[0] == 0 or test_f.shape[0] == 0:
+        raise ValueError("empty train or test features")
+
+
+@torch.no_grad()
+def knn(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor,
+        ks: Sequence[int] = (20, 200), temperature: float = 0.07, chunk: int = 1024) -> Dict[int, float]:
+    """Top-1 accuracy (%) of a weighted kNN classifier for each k."""
+    _check(train_f, train_y, test_f, test_y)
+    train = F.normalize(train_f.float(), dim=1)
+    test = F.normalize(test_f.float(), dim=1)
+    classes = int(max(train_y.max(), test_y.max())) + 1
+    kmax = min(max(ks), train.shape[0])
+    correct = {k: 0 for k in ks}
+    for a in range(0, test.shape[0], chunk):
+        sims, idx = (test[a:a + chunk] @ train.T).topk(kmax, dim=1)
+        weights = (sims / temperature).exp()
+        labels = train_y[idx]
+        for k in ks:
+            kk = min(k, kmax)
+            votes = torch.zeros(sims.shape[0], classes).scatter_add_(1, labels[:, :kk], weights[:, :kk])
+            correct[k] += int((votes.argmax(1) == test_y[a:a + chunk]).sum())
+    return {k: 100.0 * correct[k] / test.shape[0] for k in ks}
+
+
+def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor,
+                 test_y: torch.Tensor, epochs: int = 100, lr: float = 0.1, batch_size: int = 256,
+                 weight_decay: float = 5e-4, seed: int = 0) -> Dict[str, float]:
+    """A linear classifier on standardised frozen features (SGD, momentum 0.9, cosine lr).
+    Returns the final epoch's test top-1 and mean-per-class accuracy (%)."""
+    _check(train_f, train_y, test_f, test_y)
+    mean, std = train_f.float().mean(0), train_f.float().std(0).clamp_min(1e-6)
+    xtr, xte = (train_f.float() - mean) / std, (test_f.float() - mean) / std
+    classes = int(max(train_y.max(), test_y.max())) + 1
+    g = torch.Generator().manual_seed(seed)
+    head = torch.nn.Linear(xtr.shape[1], classes)
+    with torch.no_grad():
+        head.weight.normal_(0, 0.01, generator=g)
+        head.bias.zero_()
+    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+    steps = epochs * ((xtr.shape[0] + batch_size - 1) // batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    for _ in range(epochs):
+        order = torch.randperm(xtr.shape[0], generator=g)
+        for a in range(0, xtr.shape[0], batch_size):
+            i = order[a:a + batch_size]
+            loss = F.cross_entropy(head(xtr[i]), train_y[i])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    with torch.no_grad():
+        pred = head(xte).argmax(1)
+    hit = (pred == test_y).float()
+    per_class = [hit[test_y == c].mean() for c in range(classes) if (test_y == c).any()]
+    return {"top1": 100.0 * float(hit.mean()), "mean_per_class": 100.0 * float(torch.stack(per_class).mean())}

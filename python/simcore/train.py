@@ -1,0 +1,273 @@
+"""Self-supervised pretraining: the small-image fast path (uint8 images resident on the
+training device, whole batches augmented with tensor operations), DDP under torchrun,
+bf16 autocast, warm-up + cosine learning rate, SGD (or LARS), per-epoch atomic checkpoints
+and exact resume.
+
+Every random draw derives from (seed, epoch, step): the data order from a generator seeded
+per epoch, each batch's augmentation from one seeded per step. So a resumed run repeats the
+uninterrupted one exactly, and a DDP run (each rank draws the whole global batch's
+augmentation and keeps its slice) computes what one process with the same global batch
+computes."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import List, Optional
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from .augment import Augment, augment
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import load_images
+from .global_bn import convert_batchnorm
+from .methods import build_method
+from .models import build_backbone, parse_arch
+from .optim import LARS, lr_at
+
+SMALL_IMAGES = 96  # the tensor fast path: images up to this size
+
+
+@dataclass
+class TrainConfig:
+    data: List[str]
+    out: str
+    method: str = "simclr"
+    arch: str = "resnet18"
+    epochs: int = 100
+    batch_size: int = 256  # global, over all ranks
+    lr: Optional[float] = None  # default: base_lr * batch_size / 256
+    base_lr: float = 0.06
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    optimizer: str = "sgd"  # or "lars"
+    warmup_epochs: int = 10
+    image_size: int = 32
+    min_crop: float = 0.08  # smallest random-resized-crop area (a fraction of the image)
+    seed: int = 0
+    amp: str = "auto"  # "auto" (bf16 where the GPU or CPU computes it natively), "bf16" or "off"
+    channels_last: bool = True
+    compile: bool = False
+    skip_bad_images: bool = False
+    cache_dir: Optional[str] = None
+    method_options: dict = field(default_factory=dict)
+
+    def check(self) -> "TrainConfig":
+        if not self.data:
+            raise ValueError("give at least one --data")
+        parse_arch(self.arch)
+        for name in ("epochs", "batch_size", "image_size"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
+                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
+        if self.image_size > SMALL_IMAGES:
+            raise ValueError(f"image_size {self.image_size}: the trainer handles images up to "
+                             f"{SMALL_IMAGES} px (the tensor fast path)")
+        if not 0 < self.min_crop <= 1:
+            raise ValueError(f"min_crop must be in (0, 1], got {self.min_crop}")
+        if self.optimizer not in ("sgd", "lars"):
+            raise ValueError(f"optimizer must be sgd or lars, got {self.optimizer!r}")
+        if self.amp not in ("auto", "bf16", "off"):
+            raise ValueError(f"amp must be auto, bf16 or off, got {self.amp!r}")
+        if self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
+            raise ValueError(f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs}")
+        return self
+
+    @property
+    def peak_lr(self) -> float:
+        return self.lr if self.lr is not None else self.base_lr * self.batch_size / 256
+
+
+def _world():
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def _cpu_has_bf16() -> bool:
+    """Native bf16 arithmetic (avx512_bf16 or AMX): bf16 autocast then halves a CPU step."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _autocast_dtype(amp: str, device: torch.device):
+    if amp == "off":
+        return None
+    if amp == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if _cpu_has_bf16() else None
+
+
+def init_distributed() -> None:
+    """Joins the torchrun process group (nccl on GPUs, gloo on CPUs) when launched by it."""
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+
+def build(cfg: TrainConfig, device: torch.device):
+    """The method (backbone + heads) for a config, on `device`."""
+    torch.manual_seed(cfg.seed)  # the initial weights
+    backbone = build_backbone(cfg.arch, small_images=cfg.image_size <= SMALL_IMAGES)
+    method = build_method(cfg.method, backbone, **cfg.method_options)
+    if cfg.channels_last:
+        method = method.to(memory_format=torch.channels_last)
+    return method.to(device)
+
+
+def _write_json_atomic(obj, path):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+class _Metrics:
+    """metrics.csv: one row per finished epoch; rows past a resumed epoch are dropped."""
+
+    FIELDS = ["epoch", "loss", "lr", "seconds", "images_per_s"]
+
+    def __init__(self, path: str, resume_epoch: int):
+        rows = []
+        if resume_epoch > 0 and os.path.exists(path):
+            with open(path) as f:
+                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= resume_epoch]
+        self.path, self.rows = path, rows
+        self._flush()
+
+    def add(self, **row):
+        self.rows.append({k: row[k] for k in self.FIELDS})
+        self._flush()
+
+    def _flush(self):
+        tmp = f"{self.path}.tmp-{os.getpid()}"
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=self.FIELDS)
+            w.writeheader()
+            w.writerows(self.rows)
+        os.replace(tmp, self.path)
+
+
+def pretrain(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> List[float]:
+    """Trains cfg.method on cfg.data into cfg.out; returns the mean loss of every epoch
+    run by this call."""
+    cfg.check()
+    init_distributed()
+    rank, world = _world()
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {world} ranks")
+    device = _device()
+    ckpt_path = os.path.join(cfg.out, "checkpoint.pt")
+    if not resume and os.path.exists(ckpt_path):
+        raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue that run, or choose "
+                              "another --out")
+    images = torch.cat([load_images(s, cfg.image_size, cache_dir=cfg.cache_dir,
+                                    skip_bad=cfg.skip_bad_images).images for s in cfg.data])
+    n = images.shape[0]
+    steps_per_epoch = n // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch_size {cfg.batch_size} is larger than the {n} training images")
+    images = images.to(device)
+    aug = Augment(size=cfg.image_size, scale=(cfg.min_crop, 1.0))
+
+    method = build(cfg, device)
+    if world > 1 and device.type == "cpu":
+        method = convert_batchnorm(method)
+    elif world > 1:
+        method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
+    params = [p for p in method.parameters() if p.requires_grad]
+    opt_cls = LARS if cfg.optimizer == "lars" else torch.optim.SGD
+    opt = opt_cls(params, lr=cfg.peak_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    start_epoch = 0
+    if resume:
+        if not os.path.exists(ckpt_path):
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
+        state = load_checkpoint(ckpt_path)
+        if state["config"] != _comparable(cfg):
+            raise ValueError(f"--resume: {ckpt_path} was written with another configuration")
+        method.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start_epoch = int(state["epoch"])
+    if rank == 0:
+        os.makedirs(cfg.out, exist_ok=True)
+        _write_json_atomic(dict(asdict(cfg), world_size=world, device=str(device)),
+                           os.path.join(cfg.out, "config.json"))
+    metrics = _Metrics(os.path.join(cfg.out, "metrics.csv"), start_epoch) if rank == 0 else None
+    model = method
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            method, device_ids=[device.index] if device.type == "cuda" else None)
+    forward = torch.compile(model) if cfg.compile else model
+    amp_dtype = _autocast_dtype(cfg.amp, device)
+    total_steps = cfg.epochs * steps_per_epoch
+    per_rank = cfg.batch_size // world
+    losses = []
+    for epoch in range(start_epoch, cfg.epochs):
+        method.train()
+        t0 = time.perf_counter()
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
+        total = torch.zeros((), device=device)
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                   disable=not progress or rank != 0)
+        for step in bar:
+            global_step = epoch * steps_per_epoch + step
+            for group in opt.param_groups:
+                group["lr"] = lr_at(global_step, total_steps, cfg.peak_lr,
+                                    cfg.warmup_epochs * steps_per_epoch)
+            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size].to(device)
+            batch = images[idx]
+            g = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + global_step)
+            mine = slice(rank * per_rank, (rank + 1) * per_rank)
+            v1 = augment(batch, aug, g)[mine]
+            v2 = augment(batch, aug, g)[mine]
+            if cfg.channels_last:
+                v1 = v1.contiguous(memory_format=torch.channels_last)
+                v2 = v2.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                loss = forward(v1, v2)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            method.after_step((global_step + 1) / total_steps)
+            total += loss.detach()
+        mean_loss = total / steps_per_epoch
+        if world > 1:
+            dist.all_reduce(mean_loss)
+            mean_loss /= world
+        mean_loss = float(mean_loss)
+        losses.append(mean_loss)
+        seconds = time.perf_counter() - t0
+        if rank == 0:  # metrics first: a resume drops rows past its checkpoint's epoch
+            metrics.add(epoch=epoch + 1, loss=f"{mean_loss:.6f}", lr=f"{opt.param_groups[0]['lr']:.6g}",
+                        seconds=f"{seconds:.2f}", images_per_s=f"{steps_per_epoch * cfg.batch_size / seconds:.1f}")
+            save_checkpoint(ckpt_path, model=method.state_dict(), optimizer=opt.state_dict(),
+                            epoch=epoch + 1, config=_comparable(cfg))
+            if progress:
+                tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: loss {mean_loss:.4f}, {seconds:.1f} s")
+        if world > 1:
+            dist.barrier()
+    return losses
+
+
+def _comparable(cfg: TrainConfig) -> dict:
+    """The config fields that must match for a resume (not the run's bookkeeping)."""
+    d = asdict(cfg)
+    d.pop("cache_dir")
+    return d

@@ -1,0 +1,72 @@
+"""Feature extraction: matches the backbone, writes the paths file, and resumes after an
+interruption with identical features."""
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import simcore.extract as extract_mod
+from simcore.data import load_images
+from simcore.evaluate import features
+from simcore.extract import extract, load_backbone
+from simcore.train import TrainConfig, pretrain
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("x")
+    rng = np.random.default_rng(1)
+    for c in range(2):
+        os.makedirs(root / "imgs" / f"c{c}")
+        for i in range(20):
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / "imgs" / f"c{c}" / f"{i}.png")
+    cfg = TrainConfig(data=[str(root / "imgs")], out=str(root / "run"), arch="resnet18-w0.25", epochs=1,
+                      batch_size=8, warmup_epochs=0, image_size=16, amp="off", cache_dir=str(root / "cache"))
+    pretrain(cfg, progress=False)
+    return root
+
+
+def test_extract_matches_the_backbone(run, tmp_path):
+    out = extract(str(run / "run" / "checkpoint.pt"), str(run / "imgs"), str(tmp_path / "f.npy"),
+                  dtype="float32", cache_dir=str(run / "cache"), progress=False)
+    f = np.load(out)
+    bb, cfg = load_backbone(str(run / "run" / "checkpoint.pt"), torch.device("cpu"))
+    imgs = load_images(str(run / "imgs"), 16, cache_dir=str(run / "cache"))
+    np.testing.assert_allclose(f, features(bb, imgs.images, 16).numpy(), rtol=1e-5, atol=1e-6)
+    paths = open(tmp_path / "f.paths.txt").read().splitlines()
+    assert paths == imgs.paths and f.shape == (40, bb.feature_dim)
+    assert sorted(os.listdir(tmp_path)) == ["f.npy", "f.paths.txt"]
+
+
+def test_extract_resumes_after_an_interruption(run, tmp_path, monkeypatch):
+    ckpt, data = str(run / "run" / "checkpoint.pt"), str(run / "imgs")
+    clean = np.load(extract(ckpt, data, str(tmp_path / "clean.npy"), chunk_rows=16, batch_size=8,
+                            cache_dir=str(run / "cache"), progress=False))
+    real = extract_mod._write_json_atomic
+    calls = []
+
+    def die_after_first_chunk(obj, path):
+        real(obj, path)
+        calls.append(obj["rows_done"])
+        if obj["rows_done"] == 16:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(extract_mod, "_write_json_atomic", die_after_first_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        extract(ckpt, data, str(tmp_path / "f.npy"), chunk_rows=16, batch_size=8,
+                cache_dir=str(run / "cache"), progress=False)
+    assert not os.path.exists(tmp_path / "f.npy") and os.path.exists(tmp_path / "f.npy.partial")
+    calls.clear()
+    out = extract(ckpt, data, str(tmp_path / "f.npy"), chunk_rows=16, batch_size=8,
+                  cache_dir=str(run / "cache"), progress=False)
+    assert calls == [32, 40]  # restarted after the last complete chunk
+    assert np.array_equal(np.load(out), clean) and np.load(out).dtype == np.float16
+
+
+def test_extract_errors(run, tmp_path):
+    with pytest.raises(ValueError, match=".npy"):
+        extract(str(run / "run" / "checkpoint.pt"), str(run / "imgs"), str(tmp_path / "f.bin"))
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        extract(str(tmp_path / "none.pt"), str(run / "imgs"), str(tmp_path / "f.npy"))
