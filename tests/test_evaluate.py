@@ -32,6 +32,14 @@ def test_linear_probe_separable():
     assert acc["top1"] > 99 and acc["mean_per_class"] > 99
 
 
+def test_linear_probe_validation_split():
+    (xtr, ytr), (xte, yte) = blobs(60), blobs(30, seed=0)
+    acc = linear_probe(xtr, ytr, xte + 0.01, yte, epochs=10, val_fraction=0.25)
+    assert acc["val_top1"] > 95 and acc["top1"] > 95
+    with pytest.raises(ValueError, match="val_fraction"):
+        linear_probe(xtr, ytr, xte, yte, val_fraction=1.0)
+
+
 def test_errors():
     x, y = blobs(5)
     with pytest.raises(ValueError, match="same d"):

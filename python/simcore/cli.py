@@ -106,7 +106,8 @@ def cmd_eval(args) -> int:
         acc = knn(ftr, sets[0].labels, fte, sets[1].labels)
         result = {f"knn_top1_k{k}": v for k, v in acc.items()}
     else:
-        acc = linear_probe(ftr, sets[0].labels, fte, sets[1].labels, epochs=args.epochs, seed=args.seed)
+        acc = linear_probe(ftr, sets[0].labels, fte, sets[1].labels, epochs=args.epochs, seed=args.seed,
+                           lr=args.lr, val_fraction=args.val_fraction)
         result = {f"linear_{k}": v for k, v in acc.items()}
     print(json.dumps(result))
     return 0
@@ -177,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--train", required=True, help="labelled training images (ImageFolder or torchvision:...)")
     v.add_argument("--test", required=True, help="labelled test images")
     v.add_argument("--epochs", type=int, default=100, help="linear probe epochs")
+    v.add_argument("--lr", type=float, default=0.1, help="linear probe learning rate")
+    v.add_argument("--val-fraction", type=float, default=0.0,
+                   help="hold this share of --train out and report its accuracy too (for tuning)")
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--device", default=None)
     v.add_argument("--cache-dir", default=None)

@@ -58,10 +58,23 @@ def knn(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test
 
 def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor,
                  test_y: torch.Tensor, epochs: int = 100, lr: float = 0.1, batch_size: int = 256,
-                 weight_decay: float = 5e-4, seed: int = 0) -> Dict[str, float]:
+                 weight_decay: float = 5e-4, seed: int = 0, val_fraction: float = 0.0) -> Dict[str, float]:
     """A linear classifier on standardised frozen features (SGD, momentum 0.9, cosine lr).
-    Returns the final epoch's test top-1 and mean-per-class accuracy (%)."""
+    Returns the final epoch's test top-1 and mean-per-class accuracy (%). val_fraction > 0
+    holds that share of the training rows out (seeded) and also reports their accuracy,
+    for tuning lr / epochs / weight decay without looking at the test split."""
     _check(train_f, train_y, test_f, test_y)
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if val_fraction > 0:
+        perm = torch.randperm(train_f.shape[0], generator=torch.Generator().manual_seed(seed + 1))
+        n_val = max(1, int(round(val_fraction * train_f.shape[0])))
+        val, fit = perm[:n_val], perm[n_val:]
+        out = linear_probe(train_f[fit], train_y[fit], test_f, test_y, epochs, lr, batch_size,
+                           weight_decay, seed)
+        on_val = linear_probe(train_f[fit], train_y[fit], train_f[val], train_y[val], epochs, lr,
+                              batch_size, weight_decay, seed)
+        return {**out, "val_top1": on_val["top1"], "val_mean_per_class": on_val["mean_per_class"]}
     mean, std = train_f.float().mean(0), train_f.float().std(0).clamp_min(1e-6)
     xtr, xte = (train_f.float() - mean) / std, (test_f.float() - mean) / std
     classes = int(max(train_y.max(), test_y.max())) + 1
