@@ -70,3 +70,23 @@ def test_extract_errors(run, tmp_path):
         extract(str(run / "run" / "checkpoint.pt"), str(run / "imgs"), str(tmp_path / "f.bin"))
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         extract(str(tmp_path / "none.pt"), str(run / "imgs"), str(tmp_path / "f.npy"))
+
+
+def test_extract_large_images(tmp_path):
+    from simcore.extract import FeatureSource, features_of
+    rng = np.random.default_rng(3)
+    for c in range(2):
+        os.makedirs(tmp_path / "imgs" / f"c{c}")
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 256, (130, 110, 3), dtype=np.uint8)).save(tmp_path / "imgs" / f"c{c}" / f"{i}.jpg")
+    cfg = TrainConfig(data=[str(tmp_path / "imgs")], out=str(tmp_path / "run"), arch="resnet18-w0.25", epochs=1,
+                      batch_size=4, warmup_epochs=0, image_size=112, amp="off", workers=0)
+    pretrain(cfg, progress=False)
+    ckpt = str(tmp_path / "run" / "checkpoint.pt")
+    out = extract(ckpt, str(tmp_path / "imgs"), str(tmp_path / "f.npy"), dtype="float32", chunk_rows=5,
+                  batch_size=2, progress=False, workers=2)
+    f = np.load(out)
+    bb, _ = load_backbone(ckpt, torch.device("cpu"))
+    src = FeatureSource(str(tmp_path / "imgs"), 112, workers=0)
+    assert f.shape == (12, bb.feature_dim) and src.labels().tolist() == [0] * 6 + [1] * 6
+    np.testing.assert_allclose(f, features_of(bb, src).numpy(), rtol=1e-4, atol=1e-5)

@@ -79,7 +79,7 @@ def test_refusals(folder, tmp_path):
     with pytest.raises(ValueError, match="larger than the 48 training images"):
         pretrain(config(folder, tmp_path / "z", batch_size=64), progress=False)
     with pytest.raises(ValueError, match="image_size"):
-        config(folder, tmp_path / "z", image_size=128).check()
+        config(folder, tmp_path / "z", image_size=2048).check()
     with pytest.raises(ValueError, match="architecture"):
         config(folder, tmp_path / "z", arch="vgg").check()
 
@@ -138,3 +138,34 @@ def test_ddp_matches_one_process(folder, tmp_path, method):
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k].float(), b[k].float(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def large_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("large")
+    rng = np.random.default_rng(2)
+    for c in range(2):
+        os.makedirs(root / f"c{c}")
+        for i in range(10):
+            Image.fromarray(rng.integers(0, 256, (140, 120, 3), dtype=np.uint8)).save(root / f"c{c}" / f"{i}.jpg")
+    return str(root)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_large_images_go_through_workers_and_resume_exactly(large_folder, tmp_path, monkeypatch, workers):
+    kw = dict(image_size=112, batch_size=8, epochs=2, workers=workers)
+    full = pretrain(config(large_folder, tmp_path / "a", **kw), progress=False)
+    assert len(full) == 2 and all(np.isfinite(full))
+    assert not os.path.exists(str(tmp_path / "a") + "-cache")  # no tensor cache for large images
+    real_save = train_mod.save_checkpoint
+
+    def save_then_die(path, **state):
+        real_save(path, **state)
+        if state["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(config(large_folder, tmp_path / "b", **kw), progress=False)
+    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+    assert pretrain(config(large_folder, tmp_path / "b", **kw), resume=True, progress=False) == full[1:]

@@ -68,7 +68,7 @@ def cmd_pretrain(args) -> int:
                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       weight_decay=args.weight_decay, optimizer=args.optimizer,
                       warmup_epochs=min(args.warmup_epochs, args.epochs), image_size=args.image_size,
-                      min_crop=args.min_crop,
+                      min_crop=args.min_crop, workers=args.workers,
                       seed=args.seed, amp=args.amp, compile=args.compile,
                       skip_bad_images=args.skip_bad_images, cache_dir=args.cache_dir,
                       method_options=options)
@@ -92,21 +92,21 @@ def cmd_extract(args) -> int:
 def cmd_eval(args) -> int:
     import torch
 
-    from .data import load_images
-    from .evaluate import features, knn, linear_probe
-    from .extract import load_backbone
+    from .evaluate import knn, linear_probe
+    from .extract import FeatureSource, features_of, load_backbone
 
     dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     backbone, cfg = load_backbone(args.checkpoint, dev)
-    sets = [load_images(s, cfg["image_size"], cache_dir=args.cache_dir) for s in (args.train, args.test)]
+    sets = [FeatureSource(s, cfg["image_size"], args.cache_dir) for s in (args.train, args.test)]
     if sets[0].classes != sets[1].classes:
         raise ValueError(f"train and test have different classes: {sets[0].classes} vs {sets[1].classes}")
-    ftr, fte = (features(backbone, s.images, cfg["image_size"]) for s in sets)
+    ftr, fte = (features_of(backbone, s) for s in sets)
+    ytr, yte = (s.labels() for s in sets)
     if args.protocol == "knn":
-        acc = knn(ftr, sets[0].labels, fte, sets[1].labels)
+        acc = knn(ftr, ytr, fte, yte)
         result = {f"knn_top1_k{k}": v for k, v in acc.items()}
     else:
-        acc = linear_probe(ftr, sets[0].labels, fte, sets[1].labels, epochs=args.epochs, seed=args.seed,
+        acc = linear_probe(ftr, ytr, fte, yte, epochs=args.epochs, seed=args.seed,
                            lr=args.lr, val_fraction=args.val_fraction)
         result = {f"linear_{k}": v for k, v in acc.items()}
     print(json.dumps(result))
@@ -145,7 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--weight-decay", type=float, default=5e-4)
     t.add_argument("--optimizer", choices=["sgd", "lars"], default="sgd")
     t.add_argument("--warmup-epochs", type=int, default=10)
-    t.add_argument("--image-size", type=int, default=32, help="images are resized to this (<= 96)")
+    t.add_argument("--image-size", type=int, default=32,
+                   help="training resolution; up to 96 px the images live decoded on the device")
+    t.add_argument("--workers", type=int, default=-1, help="DataLoader workers for images > 96 px "
+                   "(-1: one per core, at most 8)")
     t.add_argument("--min-crop", type=float, default=0.08, help="smallest random-resized-crop area")
     t.add_argument("--temperature", type=float, default=None, help="SimCLR temperature (default 0.5)")
     t.add_argument("--seed", type=int, default=0)

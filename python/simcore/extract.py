@@ -14,9 +14,56 @@ from tqdm.auto import tqdm
 from .augment import Augment, normalize
 from .checkpoint import load_checkpoint
 from .data import load_images
+from .large_images import ImageFiles, default_workers, eval_transform
 from .models import build_backbone
 
 SMALL_IMAGES = 96
+
+
+class FeatureSource:
+    """A dataset's images as normalised float batches for a backbone: from the uint8 tensor
+    cache (images up to 96 px) or decoded by DataLoader workers (larger)."""
+
+    def __init__(self, data: str, size: int, cache_dir: Optional[str] = None, skip_bad: bool = False,
+                 workers: int = -1):
+        self.size, self.workers = size, workers if workers >= 0 else default_workers()
+        if size <= SMALL_IMAGES:
+            self.images = load_images(data, size, cache_dir=cache_dir, skip_bad=skip_bad)
+            self.files, self.paths, self.classes = None, self.images.paths, self.images.classes
+        else:
+            self.images = None
+            self.files = ImageFiles(data, cache_dir=cache_dir, skip_bad=skip_bad).with_transform(eval_transform(size))
+            self.paths, self.classes = self.files.paths, self.files.classes
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def labels(self) -> torch.Tensor:
+        if self.images is not None:
+            return self.images.labels
+        if self.files.labels is not None:
+            return self.files.labels
+        return torch.tensor([self.files.label(i) for i in range(len(self))], dtype=torch.int64)
+
+    def batches(self, a: int, b: int, batch_size: int):
+        """Rows [a, b) in batches of float32 [B, 3, size, size] (normalised)."""
+        if self.images is not None:
+            cfg = Augment(size=self.size)
+            for c in range(a, b, batch_size):
+                yield normalize(self.images.images[c:min(b, c + batch_size)], cfg)
+            return
+        from torch.utils.data import DataLoader
+        sampler = [list(range(c, min(b, c + batch_size))) for c in range(a, b, batch_size)]
+        yield from DataLoader(self.files, batch_sampler=sampler, num_workers=self.workers)
+
+
+@torch.no_grad()
+def features_of(backbone, source: FeatureSource, batch_size: int = 512) -> torch.Tensor:
+    """float32 [N, dim] features of every image of `source` (CPU)."""
+    device = next(backbone.parameters()).device
+    backbone.eval()
+    out = [backbone(x.to(device)).float().cpu() for x in source.batches(0, len(source), batch_size)]
+    return torch.cat(out) if out else torch.zeros(0, backbone.feature_dim)
 
 
 def load_backbone(checkpoint: str, device: torch.device):
@@ -41,15 +88,15 @@ def _write_json_atomic(obj, path):
 @torch.no_grad()
 def extract(checkpoint: str, data: str, out: str, dtype: str = "float16", batch_size: int = 512,
             chunk_rows: int = 8192, device: Optional[str] = None, cache_dir: Optional[str] = None,
-            skip_bad: bool = False, progress: bool = True) -> str:
+            skip_bad: bool = False, progress: bool = True, workers: int = -1) -> str:
     if dtype not in ("float16", "float32"):
         raise ValueError(f"dtype must be float16 or float32, got {dtype!r}")
     if not out.endswith(".npy"):
         raise ValueError(f"out must be a .npy path, got {out!r}")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     backbone, cfg = load_backbone(checkpoint, dev)
-    images = load_images(data, cfg["image_size"], cache_dir=cache_dir, skip_bad=skip_bad)
-    n, dim = len(images), backbone.feature_dim
+    source = FeatureSource(data, cfg["image_size"], cache_dir, skip_bad, workers)
+    n, dim = len(source), backbone.feature_dim
     partial, marker = out + ".partial", out + ".progress.json"
     st = os.stat(checkpoint)
     job = dict(checkpoint=os.path.abspath(checkpoint), checkpoint_mtime_ns=st.st_mtime_ns,
@@ -65,20 +112,20 @@ def extract(checkpoint: str, data: str, out: str, dtype: str = "float16", batch_
         np.lib.format.open_memmap(partial, mode="w+", dtype=dtype, shape=(n, dim)).flush()
         _write_json_atomic(dict(job, rows_done=0), marker)
     feats = np.lib.format.open_memmap(partial, mode="r+")
-    aug = Augment(size=cfg["image_size"])
     with tqdm(total=n, initial=done, desc=f"extract {data}", unit="img", disable=not progress) as bar:
         for a in range(done, n, chunk_rows):
             b = min(n, a + chunk_rows)
-            for c in range(a, b, batch_size):
-                x = normalize(images.images[c:min(b, c + batch_size)].to(dev), aug)
-                feats[c:c + x.shape[0]] = backbone(x).float().cpu().numpy().astype(dtype)
+            c = a
+            for x in source.batches(a, b, batch_size):
+                feats[c:c + x.shape[0]] = backbone(x.to(dev)).float().cpu().numpy().astype(dtype)
+                c += x.shape[0]
             feats.flush()
             _write_json_atomic(dict(job, rows_done=b), marker)
             bar.update(b - a)
     del feats
     paths_tmp = f"{out}.paths.tmp-{os.getpid()}"
     with open(paths_tmp, "w") as f:
-        f.writelines(p + "\n" for p in images.paths)
+        f.writelines(p + "\n" for p in source.paths)
     os.replace(paths_tmp, out[:-4] + ".paths.txt")
     os.replace(partial, out)
     os.remove(marker)

@@ -1,5 +1,6 @@
 """Self-supervised pretraining: the small-image fast path (uint8 images resident on the
-training device, whole batches augmented with tensor operations), DDP under torchrun,
+training device, whole batches augmented with tensor operations; images up to 96 px) or
+DataLoader workers with torchvision.transforms.v2 (larger images), DDP under torchrun,
 bf16 autocast, warm-up + cosine learning rate, SGD (or LARS), per-epoch atomic checkpoints
 and exact resume.
 
@@ -7,7 +8,8 @@ Every random draw derives from (seed, epoch, step): the data order from a genera
 per epoch, each batch's augmentation from one seeded per step. So a resumed run repeats the
 uninterrupted one exactly, and a DDP run (each rank draws the whole global batch's
 augmentation and keeps its slice) computes what one process with the same global batch
-computes."""
+computes. (With workers, each rank's workers draw its own augmentations: runs repeat for
+the same seed, ranks and workers.)"""
 from __future__ import annotations
 
 import csv
@@ -25,6 +27,7 @@ from tqdm.auto import tqdm
 from .augment import Augment, augment
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import load_images
+from .large_images import ImageFiles, default_workers, loader, train_transform
 from .global_bn import convert_batchnorm
 from .methods import build_method
 from .models import build_backbone, parse_arch
@@ -54,6 +57,7 @@ class TrainConfig:
     channels_last: bool = True
     compile: bool = False
     skip_bad_images: bool = False
+    workers: int = -1  # DataLoader workers for images > 96 px (-1: one per core, at most 8)
     cache_dir: Optional[str] = None
     method_options: dict = field(default_factory=dict)
 
@@ -64,9 +68,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "image_size"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
                 raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
-        if self.image_size > SMALL_IMAGES:
-            raise ValueError(f"image_size {self.image_size}: the trainer handles images up to "
-                             f"{SMALL_IMAGES} px (the tensor fast path)")
+        if self.image_size > 1024:
+            raise ValueError(f"image_size must be at most 1024, got {self.image_size}")
         if not 0 < self.min_crop <= 1:
             raise ValueError(f"min_crop must be in (0, 1], got {self.min_crop}")
         if self.optimizer not in ("sgd", "lars"):
@@ -178,14 +181,23 @@ def pretrain(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> L
     if not resume and os.path.exists(ckpt_path):
         raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue that run, or choose "
                               "another --out")
-    images = torch.cat([load_images(s, cfg.image_size, cache_dir=cfg.cache_dir,
-                                    skip_bad=cfg.skip_bad_images).images for s in cfg.data])
-    n = images.shape[0]
+    large = cfg.image_size > SMALL_IMAGES
+    if large:  # decoded by workers, batch by batch
+        files = torch.utils.data.ConcatDataset([
+            ImageFiles(s, cache_dir=cfg.cache_dir, skip_bad=cfg.skip_bad_images)
+            .with_transform(train_transform(cfg.image_size, cfg.min_crop), views=2) for s in cfg.data])
+        n = len(files)
+    else:  # decoded once, resident on the device
+        images = torch.cat([load_images(s, cfg.image_size, cache_dir=cfg.cache_dir,
+                                        skip_bad=cfg.skip_bad_images).images for s in cfg.data])
+        n = images.shape[0]
     steps_per_epoch = n // cfg.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"batch_size {cfg.batch_size} is larger than the {n} training images")
-    images = images.to(device)
+    if not large:
+        images = images.to(device)
     aug = Augment(size=cfg.image_size, scale=(cfg.min_crop, 1.0))
+    workers = cfg.workers if cfg.workers >= 0 else default_workers()
 
     method = build(cfg, device)
     if world > 1 and device.type == "cpu":
@@ -226,17 +238,25 @@ def pretrain(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> L
         total = torch.zeros((), device=device)
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=not progress or rank != 0)
+        mine = slice(rank * per_rank, (rank + 1) * per_rank)
+        if large:
+            batches = [order[s * cfg.batch_size:(s + 1) * cfg.batch_size][mine].tolist()
+                       for s in range(steps_per_epoch)]
+            views = iter(loader(files, batches, workers, cfg.seed * 100003 + epoch * 1009 + rank,
+                                pin=device.type == "cuda"))
         for step in bar:
             global_step = epoch * steps_per_epoch + step
             for group in opt.param_groups:
                 group["lr"] = lr_at(global_step, total_steps, cfg.peak_lr,
                                     cfg.warmup_epochs * steps_per_epoch)
-            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size].to(device)
-            batch = images[idx]
-            g = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + global_step)
-            mine = slice(rank * per_rank, (rank + 1) * per_rank)
-            v1 = augment(batch, aug, g)[mine]
-            v2 = augment(batch, aug, g)[mine]
+            if large:
+                v1, v2 = (v.to(device, non_blocking=True) for v in next(views))
+            else:
+                idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size].to(device)
+                batch = images[idx]
+                g = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + global_step)
+                v1 = augment(batch, aug, g)[mine]
+                v2 = augment(batch, aug, g)[mine]
             if cfg.channels_last:
                 v1 = v1.contiguous(memory_format=torch.channels_last)
                 v2 = v2.contiguous(memory_format=torch.channels_last)
@@ -270,4 +290,5 @@ def _comparable(cfg: TrainConfig) -> dict:
     """The config fields that must match for a resume (not the run's bookkeeping)."""
     d = asdict(cfg)
     d.pop("cache_dir")
+    d.pop("workers")
     return d
