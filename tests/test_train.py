@@ -169,3 +169,25 @@ def test_large_images_go_through_workers_and_resume_exactly(large_folder, tmp_pa
         pretrain(config(large_folder, tmp_path / "b", **kw), progress=False)
     monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
     assert pretrain(config(large_folder, tmp_path / "b", **kw), resume=True, progress=False) == full[1:]
+
+
+def test_tensorboard_logging(folder, tmp_path, monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *a, **k):
+        if name.startswith("torch.utils.tensorboard"):
+            raise ImportError("no tensorboard")
+        return real_import(name, *a, **k)
+
+    with monkeypatch.context() as m:
+        m.setattr(builtins, "__import__", no_tensorboard)
+        with pytest.raises(ValueError, match="pip install tensorboard"):
+            pretrain(config(folder, tmp_path / "nt", epochs=1, tensorboard=True), progress=False)
+        assert not (tmp_path / "nt").exists()  # refused before any work
+    pytest.importorskip("tensorboard")
+    pretrain(config(folder, tmp_path / "tb", epochs=1, tensorboard=True), progress=False)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    ev = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))
+    ev.Reload()
+    assert {"pretrain/loss", "pretrain/lr", "pretrain/images_per_s"} <= set(ev.Tags()["scalars"])

@@ -68,7 +68,7 @@ def cmd_pretrain(args) -> int:
                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       weight_decay=args.weight_decay, optimizer=args.optimizer,
                       warmup_epochs=min(args.warmup_epochs, args.epochs), image_size=args.image_size,
-                      min_crop=args.min_crop, workers=args.workers,
+                      min_crop=args.min_crop, workers=args.workers, tensorboard=args.tensorboard,
                       seed=args.seed, amp=args.amp, compile=args.compile,
                       skip_bad_images=args.skip_bad_images, cache_dir=args.cache_dir,
                       method_options=options)
@@ -156,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bf16 autocast: auto = where the GPU or CPU has native bf16")
     t.add_argument("--compile", action="store_true", help="torch.compile the model")
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
+    t.add_argument("--tensorboard", action="store_true", help="also log to RUN_DIR/tensorboard "
+                   "(needs the tensorboard package)")
     t.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images (counted)")
     t.add_argument("--cache-dir", default=None, help="decoded-image cache (default ~/.cache/simcore)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -58,6 +58,7 @@ class TrainConfig:
     compile: bool = False
     skip_bad_images: bool = False
     workers: int = -1  # DataLoader workers for images > 96 px (-1: one per core, at most 8)
+    tensorboard: bool = False  # also log the metrics to RUN_DIR/tensorboard
     cache_dir: Optional[str] = None
     method_options: dict = field(default_factory=dict)
 
@@ -172,6 +173,8 @@ def pretrain(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> L
     """Trains cfg.method on cfg.data into cfg.out; returns the mean loss of every epoch
     run by this call."""
     cfg.check()
+    if cfg.tensorboard:
+        _board_writer()  # fail before any work if the package is missing
     init_distributed()
     rank, world = _world()
     if cfg.batch_size % world:
@@ -222,6 +225,7 @@ def pretrain(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> L
         _write_json_atomic(dict(asdict(cfg), world_size=world, device=str(device)),
                            os.path.join(cfg.out, "config.json"))
     metrics = _Metrics(os.path.join(cfg.out, "metrics.csv"), start_epoch) if rank == 0 else None
+    board = _board(cfg) if rank == 0 and cfg.tensorboard else None
     model = method
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
@@ -279,11 +283,31 @@ def pretrain(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> L
                         seconds=f"{seconds:.2f}", images_per_s=f"{steps_per_epoch * cfg.batch_size / seconds:.1f}")
             save_checkpoint(ckpt_path, model=method.state_dict(), optimizer=opt.state_dict(),
                             epoch=epoch + 1, config=_comparable(cfg))
+            if board is not None:
+                for name, value in (("loss", mean_loss), ("lr", opt.param_groups[0]["lr"]),
+                                    ("images_per_s", steps_per_epoch * cfg.batch_size / seconds)):
+                    board.add_scalar(f"pretrain/{name}", value, epoch + 1)
+                board.flush()
             if progress:
                 tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: loss {mean_loss:.4f}, {seconds:.1f} s")
         if world > 1:
             dist.barrier()
+    if board is not None:
+        board.close()
     return losses
+
+
+def _board_writer():
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ValueError("--tensorboard needs the tensorboard package: pip install tensorboard "
+                         "(or the project's [tensorboard] extra)") from None
+    return SummaryWriter
+
+
+def _board(cfg: TrainConfig):
+    return _board_writer()(os.path.join(cfg.out, "tensorboard"))
 
 
 def _comparable(cfg: TrainConfig) -> dict:
@@ -291,4 +315,5 @@ def _comparable(cfg: TrainConfig) -> dict:
     d = asdict(cfg)
     d.pop("cache_dir")
     d.pop("workers")
+    d.pop("tensorboard")
     return d
