@@ -91,3 +91,14 @@ def test_pretrain_extract_eval_commands(tmp_path, capsys):
     assert "unknown architecture" in capsys.readouterr().err
     assert main(["pretrain", "--data", str(tmp_path / "train"), "--out", str(run)] + cache) == 2
     assert "--resume" in capsys.readouterr().err
+    import torchvision.datasets as tvd
+
+    def offline(**kw):
+        raise OSError("network unreachable")
+    tvd_dtd, tvd.DTD = tvd.DTD, offline
+    try:
+        assert main(["pretrain", "--data", "torchvision:dtd", "--out", str(tmp_path / "r4")] + cache) == 2
+    finally:
+        tvd.DTD = tvd_dtd
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "network unreachable" in err

@@ -42,6 +42,8 @@ def test_linear_probe_validation_split():
 
 def test_errors():
     x, y = blobs(5)
+    with pytest.raises(ValueError, match="unlabelled"):
+        knn(x, y, x, torch.full_like(y, -1))
     with pytest.raises(ValueError, match="same d"):
         knn(x, y, x[:, :3], y)
     with pytest.raises(ValueError, match="one label per"):

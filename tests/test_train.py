@@ -191,3 +191,31 @@ def test_tensorboard_logging(folder, tmp_path, monkeypatch):
     ev = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))
     ev.Reload()
     assert {"pretrain/loss", "pretrain/lr", "pretrain/images_per_s"} <= set(ev.Tags()["scalars"])
+
+
+def test_resume_names_what_changed_and_ignores_speed_switches(folder, tmp_path):
+    pretrain(config(folder, tmp_path / "r", epochs=2), progress=False)
+    with pytest.raises(ValueError, match=r"base_lr: 0.06 then, 0.1 now"):
+        pretrain(config(folder, tmp_path / "r", epochs=2, base_lr=0.1), resume=True, progress=False)
+    # speed-only switches and an equivalent relative path do not block a resume
+    rel = os.path.relpath(folder)
+    assert pretrain(config(rel, tmp_path / "r", epochs=2, channels_last=False), resume=True,
+                    progress=False) == []
+
+
+def test_method_options_are_checked_up_front(folder, tmp_path):
+    with pytest.raises(ValueError, match="byol has no option temperature"):
+        config(folder, tmp_path / "m", method="byol", method_options={"temperature": 0.2}).check()
+    with pytest.raises(ValueError, match="unknown method"):
+        config(folder, tmp_path / "m", method="dino").check()
+
+
+def test_skip_bad_large_images_catches_truncated_files(large_folder, tmp_path):
+    import shutil
+    root = tmp_path / "imgs"
+    shutil.copytree(large_folder, root)
+    good = (root / "c0" / "0.jpg").read_bytes()
+    (root / "c0" / "broken.jpg").write_bytes(good[: len(good) // 2])  # header fine, data cut
+    losses = pretrain(config(str(root), tmp_path / "run", image_size=112, batch_size=8, epochs=1,
+                             workers=0, skip_bad_images=True), progress=False)
+    assert len(losses) == 1

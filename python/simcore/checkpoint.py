@@ -7,11 +7,25 @@ import os
 import torch
 
 
-def save_checkpoint(path: str, **state) -> None:
+def save_atomic(obj, path: str) -> None:
+    """torch.save to a temporary file, flushed to disk, then renamed over `path`; the
+    temporary file is removed if anything fails (Ctrl-C included)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_checkpoint(path: str, **state) -> None:
+    save_atomic(state, path)
 
 
 def load_checkpoint(path: str, map_location="cpu") -> dict:

@@ -73,7 +73,7 @@ def cmd_pretrain(args) -> int:
                       skip_bad_images=args.skip_bad_images, cache_dir=args.cache_dir,
                       method_options=options)
     losses = pretrain(cfg, resume=args.resume, progress=not args.quiet)
-    if losses:
+    if losses and int(os.environ.get("RANK", 0)) == 0:
         print(f"pretrained {len(losses)} epoch(s), last loss {losses[-1]:.4f} -> "
               f"{os.path.join(args.out, 'checkpoint.pt')}")
     return 0
@@ -84,7 +84,7 @@ def cmd_extract(args) -> int:
 
     out = extract(args.checkpoint, args.data, args.out, dtype=args.dtype, batch_size=args.batch_size,
                   device=args.device, cache_dir=args.cache_dir, skip_bad=args.skip_bad_images,
-                  progress=not args.quiet)
+                  progress=not args.quiet, workers=args.workers)
     print(f"features -> {out}")
     return 0
 
@@ -97,7 +97,8 @@ def cmd_eval(args) -> int:
 
     dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     backbone, cfg = load_backbone(args.checkpoint, dev)
-    sets = [FeatureSource(s, cfg["image_size"], args.cache_dir) for s in (args.train, args.test)]
+    sets = [FeatureSource(s, cfg["image_size"], args.cache_dir, args.skip_bad_images, args.workers)
+            for s in (args.train, args.test)]
     if sets[0].classes != sets[1].classes:
         raise ValueError(f"train and test have different classes: {sets[0].classes} vs {sets[1].classes}")
     ftr, fte = (features_of(backbone, s) for s in sets)
@@ -148,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--image-size", type=int, default=32,
                    help="training resolution; up to 96 px the images live decoded on the device")
     t.add_argument("--workers", type=int, default=-1, help="DataLoader workers for images > 96 px "
-                   "(-1: one per core, at most 8)")
+                   "(-1: this machine's cores per rank, minus one, at most 8)")
     t.add_argument("--min-crop", type=float, default=0.08, help="smallest random-resized-crop area")
     t.add_argument("--temperature", type=float, default=None, help="SimCLR temperature (default 0.5)")
     t.add_argument("--seed", type=int, default=0)
@@ -173,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=512)
     e.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA if available)")
     e.add_argument("--skip-bad-images", action="store_true")
+    e.add_argument("--workers", type=int, default=-1, help="DataLoader workers for images > 96 px")
     e.add_argument("--cache-dir", default=None)
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_extract)
@@ -188,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hold this share of --train out and report its accuracy too (for tuning)")
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--device", default=None)
+    v.add_argument("--workers", type=int, default=-1, help="DataLoader workers for images > 96 px")
+    v.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images (counted)")
     v.add_argument("--cache-dir", default=None)
     v.set_defaults(func=cmd_eval)
 
@@ -212,12 +216,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class DatasetUnavailable(RuntimeError):  # stand-in until simcore.data is imported
+    pass
+
+
 def main(argv=None) -> int:
+    global DatasetUnavailable
+    from .data import DatasetUnavailable  # noqa: F811 - the real one (torch import is paid anyway)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, DatasetUnavailable) as e:
         print(f"simcore {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,8 +1,9 @@
 """Image datasets for the small-image fast path: an ImageFolder tree or a torchvision named
 dataset, decoded once into a uint8 tensor [N, 3, S, S] and cached on disk.
 
-    images = load_images("data/dogs/train", size=32)            # ImageFolder (any depth)
-    images = load_images("torchvision:cifar10:test", size=32)    # downloads if needed
+    s = load_images("data/dogs/train", size=32)            # ImageFolder (any depth)
+    s = load_images("torchvision:cifar10:test", size=32)    # downloads if needed
+    s.images, s.labels, s.classes, s.paths                  # uint8 [N, 3, 32, 32], ...
 
 The cache file is keyed by the dataset's path, the image size, and every image file's
 name, size and mtime, so an edited folder is decoded again. Unreadable images raise a
@@ -22,6 +23,10 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from tqdm.auto import tqdm
 
 log = logging.getLogger("simcore")
+
+
+class DatasetUnavailable(RuntimeError):
+    """A named dataset could not be downloaded or opened (network, archive, checksum)."""
 
 # name -> (torchvision class name, how the split is passed, default split, allowed splits)
 TORCHVISION = {
@@ -119,10 +124,8 @@ def _cache_key(root: str, size: int, items) -> str:
 
 
 def _save_atomic(obj: Dict, path: str) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    from .checkpoint import save_atomic
+    save_atomic(obj, path)
 
 
 def default_cache_dir() -> str:
@@ -163,7 +166,7 @@ def _load_torchvision(name: str, split: str, size: int, cache_dir: str, skip_bad
     try:
         ds = getattr(tvd, cls_name)(root=root, download=True, **kwargs)
     except Exception as e:  # noqa: BLE001 - network errors, missing archives, checksums
-        raise RuntimeError(f"cannot load torchvision:{name}:{split} into {root}: {e}") from e
+        raise DatasetUnavailable(f"cannot load torchvision:{name}:{split} into {root}: {e}") from e
     classes = [str(c) for c in getattr(ds, "classes", [])]
 
     refs = [f"{name}:{split}:{i}" for i in range(len(ds))]

@@ -33,6 +33,9 @@ def _check(train_f, train_y, test_f, test_y):
         raise ValueError("one label per feature row is needed")
     if train_f.shape[0] == 0 or test_f.shape[0] == 0:
         raise ValueError("empty train or test features")
+    if bool((train_y < 0).any()) or bool((test_y < 0).any()):
+        raise ValueError("unlabelled images (label -1, e.g. stl10's unlabeled split) cannot be "
+                         "evaluated: give labelled train and test sets")
 
 
 @torch.no_grad()
@@ -62,22 +65,35 @@ def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Ten
     """A linear classifier on standardised frozen features (SGD, momentum 0.9, cosine lr).
     Returns the final epoch's test top-1 and mean-per-class accuracy (%). val_fraction > 0
     holds that share of the training rows out (seeded) and also reports their accuracy,
-    for tuning lr / epochs / weight decay without looking at the test split."""
+    for tuning lr / epochs / weight decay (Python API; the CLI exposes lr and epochs)
+    without looking at the test split."""
     _check(train_f, train_y, test_f, test_y)
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    if val_fraction > 0:
+    if val_fraction > 0:  # one probe trained on the rest of train, scored on both
         perm = torch.randperm(train_f.shape[0], generator=torch.Generator().manual_seed(seed + 1))
         n_val = max(1, int(round(val_fraction * train_f.shape[0])))
         val, fit = perm[:n_val], perm[n_val:]
-        out = linear_probe(train_f[fit], train_y[fit], test_f, test_y, epochs, lr, batch_size,
-                           weight_decay, seed)
-        on_val = linear_probe(train_f[fit], train_y[fit], train_f[val], train_y[val], epochs, lr,
-                              batch_size, weight_decay, seed)
+        both = torch.cat([test_f, train_f[val]])
+        both_y = torch.cat([test_y, train_y[val]])
+        scored = _probe(train_f[fit], train_y[fit], both, epochs, lr, batch_size, weight_decay, seed)
+        out = _accuracy(scored[:test_f.shape[0]], test_y)
+        on_val = _accuracy(scored[test_f.shape[0]:], both_y[test_f.shape[0]:])
         return {**out, "val_top1": on_val["top1"], "val_mean_per_class": on_val["mean_per_class"]}
+    return _accuracy(_probe(train_f, train_y, test_f, epochs, lr, batch_size, weight_decay, seed), test_y)
+
+
+def _accuracy(pred: torch.Tensor, y: torch.Tensor) -> Dict[str, float]:
+    hit = (pred == y).float()
+    per_class = [hit[y == c].mean() for c in torch.unique(y)]
+    return {"top1": 100.0 * float(hit.mean()), "mean_per_class": 100.0 * float(torch.stack(per_class).mean())}
+
+
+def _probe(train_f, train_y, eval_f, epochs, lr, batch_size, weight_decay, seed) -> torch.Tensor:
+    """Predicted classes of eval_f by a linear classifier trained on (train_f, train_y)."""
     mean, std = train_f.float().mean(0), train_f.float().std(0).clamp_min(1e-6)
-    xtr, xte = (train_f.float() - mean) / std, (test_f.float() - mean) / std
-    classes = int(max(train_y.max(), test_y.max())) + 1
+    xtr, xte = (train_f.float() - mean) / std, (eval_f.float() - mean) / std
+    classes = int(train_y.max()) + 1
     g = torch.Generator().manual_seed(seed)
     head = torch.nn.Linear(xtr.shape[1], classes)
     with torch.no_grad():
@@ -96,7 +112,4 @@ def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Ten
             opt.step()
             sched.step()
     with torch.no_grad():
-        pred = head(xte).argmax(1)
-    hit = (pred == test_y).float()
-    per_class = [hit[test_y == c].mean() for c in range(classes) if (test_y == c).any()]
-    return {"top1": 100.0 * float(hit.mean()), "mean_per_class": 100.0 * float(torch.stack(per_class).mean())}
+        return head(xte).argmax(1)

@@ -99,8 +99,15 @@ def extract(checkpoint: str, data: str, out: str, dtype: str = "float16", batch_
     n, dim = len(source), backbone.feature_dim
     partial, marker = out + ".partial", out + ".progress.json"
     st = os.stat(checkpoint)
+    import hashlib
+    rows = hashlib.sha1("\n".join(source.paths).encode())
+    if source.paths and os.path.isfile(source.paths[0]):  # image files: their sizes and mtimes too
+        for p in source.paths:
+            st_p = os.stat(p)
+            rows.update(f"|{st_p.st_size}|{st_p.st_mtime_ns}".encode())
+    rows = rows.hexdigest()
     job = dict(checkpoint=os.path.abspath(checkpoint), checkpoint_mtime_ns=st.st_mtime_ns,
-               checkpoint_size=st.st_size, data=data, n=n, dim=dim, dtype=dtype)
+               checkpoint_size=st.st_size, data=data, n=n, dim=dim, dtype=dtype, rows=rows)
     done = 0
     if os.path.exists(partial) and os.path.exists(marker):
         with open(marker) as f:

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from .augment import MEAN, STD
-from .data import TORCHVISION, _list_folder, default_cache_dir, parse_spec
+from .data import TORCHVISION, DatasetUnavailable, _list_folder, default_cache_dir, parse_spec
 
 log = logging.getLogger("simcore")
 
@@ -29,7 +29,7 @@ class ImageFiles(Dataset):
         self.spec, self.transform, self.views, self.tv = spec, None, 1, None
         if kind == "folder":
             items, self.classes = _list_folder(name)
-            if skip_bad:  # headers only: cheap next to decoding
+            if skip_bad:  # one full decode per file, before any worker starts
                 good = [it for it in items if _readable(it[0])]
                 if len(good) < len(items):
                     log.warning("skipped %d unreadable image(s) of %d", len(items) - len(good), len(items))
@@ -44,7 +44,7 @@ class ImageFiles(Dataset):
             try:
                 self.tv = getattr(tvd, cls_name)(root=root, download=True, **kwargs)
             except Exception as e:  # noqa: BLE001 - network errors, missing archives, checksums
-                raise RuntimeError(f"cannot load {spec} into {root}: {e}") from e
+                raise DatasetUnavailable(f"cannot load {spec} into {root}: {e}") from e
             self.classes = [str(c) for c in getattr(self.tv, "classes", [])]
             self.paths = [f"{name}:{split}:{i}" for i in range(len(self.tv))]
             self.labels = None  # read with the images
@@ -78,14 +78,19 @@ class ImageFiles(Dataset):
     def label(self, i: int) -> int:
         if self.labels is not None:
             return int(self.labels[i])
+        for attr in ("targets", "labels", "_labels"):  # torchvision keeps them here, mostly
+            known = getattr(self.tv, attr, None)
+            if known is not None and len(known) == len(self):
+                return int(known[i])
         _, y = self.tv[i]
         return -1 if y is None else int(y)
 
 
 def _readable(path: str) -> bool:
+    """Decodes the whole image (verify() alone accepts truncated JPEGs)."""
     try:
         with Image.open(path) as img:
-            img.verify()
+            img.convert("RGB")
         return True
     except Exception:  # noqa: BLE001
         return False
@@ -124,4 +129,6 @@ def loader(ds: Dataset, batches: Sequence[List[int]], workers: int, seed: int, p
 
 
 def default_workers() -> int:
-    return min(8, max(1, (os.cpu_count() or 2) - 1))
+    """The cores of this machine shared by its ranks, one left for the main process; at most 8."""
+    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    return min(8, max(1, (os.cpu_count() or 2) // max(1, ranks) - 1))

@@ -3,8 +3,8 @@
 (`resnet18-w0.25`: every stage a quarter as wide) so that real experiments fit a small CPU.
 
 A backbone maps images to avg-pooled features (the paper's features), `feature_dim` wide.
-At width 1 the parameter names and shapes are torchvision's (minus `fc`), so torchvision
-checkpoints load into it."""
+At width 1 with the ImageNet stem (images above 96 px) the parameter names and shapes are
+torchvision's (minus `fc`), so torchvision checkpoints load into it."""
 from __future__ import annotations
 
 import re

@@ -57,7 +57,7 @@ class TrainConfig:
     channels_last: bool = True
     compile: bool = False
     skip_bad_images: bool = False
-    workers: int = -1  # DataLoader workers for images > 96 px (-1: one per core, at most 8)
+    workers: int = -1  # DataLoader workers for images > 96 px (-1: the cores per rank - 1, at most 8)
     tensorboard: bool = False  # also log the metrics to RUN_DIR/tensorboard
     cache_dir: Optional[str] = None
     method_options: dict = field(default_factory=dict)
@@ -71,6 +71,15 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
         if self.image_size > 1024:
             raise ValueError(f"image_size must be at most 1024, got {self.image_size}")
+        from .methods import METHODS
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}: expected one of {', '.join(sorted(METHODS))}")
+        import inspect
+        accepted = set(inspect.signature(METHODS[self.method].__init__).parameters) - {"self", "backbone"}
+        unknown = sorted(set(self.method_options) - accepted)
+        if unknown:
+            raise ValueError(f"{self.method} has no option {', '.join(unknown)} (it takes "
+                             f"{', '.join(sorted(accepted))})")
         if not 0 < self.min_crop <= 1:
             raise ValueError(f"min_crop must be in (0, 1], got {self.min_crop}")
         if self.optimizer not in ("sgd", "lars"):
@@ -113,17 +122,22 @@ def _autocast_dtype(amp: str, device: torch.device):
         return None
     if amp == "bf16":
         return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    if device.type == "cuda":  # native bf16 from Ampere (8.0) on; older GPUs only emulate it
+        return torch.bfloat16 if torch.cuda.get_device_capability(device) >= (8, 0) else None
     return torch.bfloat16 if _cpu_has_bf16() else None
+
+
+_started_group = False  # this module created the process group (and ends it)
 
 
 def init_distributed() -> None:
     """Joins the torchrun process group (nccl on GPUs, gloo on CPUs) when launched by it."""
+    global _started_group
     if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        _started_group = True
 
 
 def build(cfg: TrainConfig, device: torch.device):
@@ -184,7 +198,11 @@ def pretrain(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> L
     if not resume and os.path.exists(ckpt_path):
         raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue that run, or choose "
                               "another --out")
+    state = _resume_state(ckpt_path, cfg) if resume else None  # checked before any work
     large = cfg.image_size > SMALL_IMAGES
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if world > 1 and local_rank != 0:
+        dist.barrier()  # local rank 0 downloads and decodes first; the others read its cache
     if large:  # decoded by workers, batch by batch
         files = torch.utils.data.ConcatDataset([
             ImageFiles(s, cache_dir=cfg.cache_dir, skip_bad=cfg.skip_bad_images)
@@ -194,6 +212,8 @@ def pretrain(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> L
         images = torch.cat([load_images(s, cfg.image_size, cache_dir=cfg.cache_dir,
                                         skip_bad=cfg.skip_bad_images).images for s in cfg.data])
         n = images.shape[0]
+    if world > 1 and local_rank == 0:
+        dist.barrier()
     steps_per_epoch = n // cfg.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"batch_size {cfg.batch_size} is larger than the {n} training images")
@@ -211,12 +231,7 @@ def pretrain(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> L
     opt_cls = LARS if cfg.optimizer == "lars" else torch.optim.SGD
     opt = opt_cls(params, lr=cfg.peak_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     start_epoch = 0
-    if resume:
-        if not os.path.exists(ckpt_path):
-            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
-        state = load_checkpoint(ckpt_path)
-        if state["config"] != _comparable(cfg):
-            raise ValueError(f"--resume: {ckpt_path} was written with another configuration")
+    if state is not None:
         method.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start_epoch = int(state["epoch"])
@@ -294,6 +309,8 @@ def pretrain(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> L
             dist.barrier()
     if board is not None:
         board.close()
+    if world > 1 and _started_group:
+        dist.destroy_process_group()
     return losses
 
 
@@ -311,9 +328,23 @@ def _board(cfg: TrainConfig):
 
 
 def _comparable(cfg: TrainConfig) -> dict:
-    """The config fields that must match for a resume (not the run's bookkeeping)."""
+    """The config fields that must match for a resume: not the run's bookkeeping, nor the
+    speed-only switches; folder paths made absolute."""
     d = asdict(cfg)
-    d.pop("cache_dir")
-    d.pop("workers")
-    d.pop("tensorboard")
+    for key in ("cache_dir", "workers", "tensorboard", "compile", "channels_last"):
+        d.pop(key)
+    d["data"] = [s if s.startswith("torchvision:") else os.path.abspath(s) for s in cfg.data]
+    d["out"] = os.path.abspath(cfg.out)
     return d
+
+
+def _resume_state(ckpt_path: str, cfg: TrainConfig) -> dict:
+    if not os.path.exists(ckpt_path):
+        raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
+    state = load_checkpoint(ckpt_path)
+    saved, now = state.get("config", {}), _comparable(cfg)
+    differ = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    if differ:
+        detail = ", ".join(f"{k}: {saved.get(k)!r} then, {now.get(k)!r} now" for k in differ)
+        raise ValueError(f"--resume: {ckpt_path} was written with another configuration ({detail})")
+    return state
