@@ -57,6 +57,17 @@ class Comm:
         dist.all_gather(out, buf)
         return [o.to(t.device) for o in out]
 
+    def call(self, fn):
+        """fn() on this rank; if it fails on any rank, every rank raises (before the next
+        collective, so that no rank waits forever)."""
+        error, result = None, None
+        try:
+            result = fn()
+        except Exception as e:  # noqa: BLE001 - re-raised below, on this rank as it was
+            error = e
+        self.raise_any(error)
+        return result
+
     def raise_any(self, error: Optional[BaseException]) -> None:
         """Raises on every rank if any rank failed (so that no rank waits forever)."""
         if not self.on:

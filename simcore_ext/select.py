@@ -94,12 +94,8 @@ class _Scanner:
         self.passes = 0
 
     def scan(self, C: torch.Tensor, K: int, excluded: Optional[torch.Tensor], desc: str):
-        error, best = None, None
-        try:
-            best = self._scan_rows(C, K, excluded, desc)
-        except Exception as e:  # noqa: BLE001 - bad rows, files, memory: tell every rank
-            error = e
-        self.comm.raise_any(error)
+        # bad rows, files, memory: every rank hears of it
+        best = self.comm.call(lambda: self._scan_rows(C, K, excluded, desc))
         if self.comm.world > 1:  # slices ascend with the rank: ties keep the smaller row
             vs, ids = self.comm.gather(best[0]), self.comm.gather(best[1])
             best = _merge(list(zip(vs, ids)), K)
@@ -246,12 +242,7 @@ def openset_topk(
         check_rows(C, "centroids", "dot")
         return U, C, _excluded_mask(excluded, U.n), resolve_device(device, U.tensor_device)
 
-    error = None
-    try:
-        U, C, ex, dev = setup()
-    except Exception as e:  # noqa: BLE001 - re-raised on this rank by raise_any
-        error = e
-    comm.raise_any(error)
+    U, C, ex, dev = comm.call(setup)
     dtype = U.compute_dtype
     C = comm.broadcast(_in_compute_dtype(C.detach().to(dev), dtype, "centroids"))
     Ks = min(K, U.n)  # slots past the number of rows stay empty
@@ -375,12 +366,7 @@ def select_coreset(
                 C = F.normalize(C, dim=1) if metric == "cosine" else C
         return U, X, C, k_eff, B, dev
 
-    error = None
-    try:
-        U, X, C, k_eff, B, dev = setup()
-    except Exception as e:  # noqa: BLE001 - re-raised on this rank by raise_any
-        error = e
-    comm.raise_any(error)
+    U, X, C, k_eff, B, dev = comm.call(setup)
 
     with torch.no_grad():
         C = comm.broadcast(C)  # rank 0's centroids everywhere, bit for bit
