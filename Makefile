@@ -7,7 +7,7 @@ VENV ?= .venv
 TORCH_VERSION ?= 2.14.1
 TORCHVISION_VERSION ?= 0.29.1
 BUILD_DEPS := scikit-build-core "cmake>=3.26" ninja
-RUN_DEPS := numpy tqdm
+RUN_DEPS := numpy tqdm matplotlib
 TEST_DEPS := pytest hypothesis pytest-benchmark
 
 PY := $(VENV)/bin/python

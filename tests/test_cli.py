@@ -10,12 +10,34 @@ from simcore.cli import main
 from simcore_ext import CoresetResult, select_coreset
 
 
-def test_demo_runs_and_saves(tmp_path, capsys):
-    assert main(["demo", "--openset-size", "20000", "--quiet", "--out", str(tmp_path)]) == 0
+def test_selection_demo_runs_and_saves(tmp_path, capsys):
+    assert main(["demo", "--selection-only", "--openset-size", "20000", "--quiet", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "stopped (" in out and "coreset: target-class" in out
     r = CoresetResult.load(tmp_path / "coreset.npz")
     assert len(r) > 0 and r.params["n_openset"] == 20000
+
+
+def test_pipeline_demo_small(tmp_path, capsys, monkeypatch):
+    """The demo's wiring at a toy size (the real one takes minutes): generated data, every
+    stage, the comparison and the composition printed, the report and plots written; a
+    rerun skips everything."""
+    from simcore import demo, plots
+    monkeypatch.setattr(demo, "DEMO_DATA", dict(train_per_class=12, test_per_class=4, openset_size=200,
+                                                share_target=0.1, share_related=0.2))
+    monkeypatch.setattr(demo, "DEMO", dict(arch="resnet18-w0.125", epochs=2, batch_size=32, lr=0.1,
+                                           warmup_epochs=1, k=6, budget=0.1, linear_epochs=5))
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    for line in ("X + random", "X + SimCore", "coreset: 20 of 200 open-set images", "SimCore   target-class"):
+        assert line in text, line
+    assert (out / "data" / "manifest.json").exists() and (out / "report" / "report.md").exists()
+    if plots.available():
+        assert {"rounds.png", "top_images.png", "accuracy.png", "composition_group.png"} <= set(
+            p.name for p in (out / "report").iterdir())
+    assert main(["demo", "--out", str(out), "--quiet"]) == 0
+    assert capsys.readouterr().out.count("up to date (skipped)") == 8
 
 
 def test_select_matches_api(tmp_path, capsys):

@@ -115,3 +115,26 @@ def test_torchvision_failure_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(tvd, "DTD", offline)
     with pytest.raises(RuntimeError, match="cannot load torchvision:dtd:train.*network unreachable"):
         load_images("torchvision:dtd", 32, cache_dir=str(tmp_path / "c"))
+
+
+def test_list_file_of_images(tmp_path):
+    """A .txt list (one path per line, relative to the list or absolute): unlabelled images
+    in the listed order; missing files and empty lists are one clear error."""
+    make_folder(tmp_path / "imgs")
+    files = sorted(str(p) for p in (tmp_path / "imgs").rglob("*.*g"))
+    lst = tmp_path / "lists" / "pick.txt"
+    lst.parent.mkdir()
+    lst.write_text(os.path.relpath(files[3], lst.parent) + "\n\n" + files[0] + "\n")
+    s = load_images(str(lst), 8, cache_dir=str(tmp_path / "cache"))
+    assert len(s) == 2 and s.classes == [] and s.labels.tolist() == [-1, -1]
+    assert [os.path.realpath(p) for p in s.paths] == [os.path.realpath(files[3]), os.path.realpath(files[0])]
+    whole = load_images(str(tmp_path / "imgs"), 8, cache_dir=str(tmp_path / "cache"))
+    assert torch.equal(s.images[1], whole.images[whole.paths.index(files[0])])
+    (tmp_path / "bad.txt").write_text(files[0] + "\n" + str(tmp_path / "gone.png") + "\n")
+    with pytest.raises(FileNotFoundError, match="lists a missing image: .*gone.png"):
+        load_images(str(tmp_path / "bad.txt"), 8, cache_dir=str(tmp_path / "cache"))
+    (tmp_path / "empty.txt").write_text("\n")
+    with pytest.raises(ValueError, match="lists no images"):
+        load_images(str(tmp_path / "empty.txt"), 8, cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(FileNotFoundError, match="no such image list"):
+        load_images(str(tmp_path / "nope.txt"), 8, cache_dir=str(tmp_path / "cache"))

@@ -219,3 +219,23 @@ def test_skip_bad_large_images_catches_truncated_files(large_folder, tmp_path):
     losses = pretrain(config(str(root), tmp_path / "run", image_size=112, batch_size=8, epochs=1,
                              workers=0, skip_bad_images=True), progress=False)
     assert len(losses) == 1
+
+
+def test_steps_fix_the_optimizer_steps_whatever_the_data_size(folder, tmp_path, monkeypatch):
+    """steps=N runs exactly N optimizer steps (the last epoch cut short), with the schedule
+    over N steps and warmup_steps overriding warmup_epochs: how `simcore run` gives X alone
+    and X + coreset the same training."""
+    seen = []
+    real = train_mod.lr_at
+    monkeypatch.setattr(train_mod, "lr_at", lambda step, total, peak, warmup: seen.append((step, total, warmup))
+                        or real(step, total, peak, warmup))
+    losses = pretrain(config(folder, tmp_path / "a", steps=7, warmup_steps=2), progress=False)
+    assert [s for s, _, _ in seen] == list(range(7)) and {(t, w) for _, t, w in seen} == {(7, 2)}
+    assert len(losses) == 3  # 48 images // 16 = 3 steps per epoch: 3 + 3 + 1
+    with open(tmp_path / "a" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    for bad, match in ((dict(steps=0), "steps must be"), (dict(steps=4, warmup_steps=5), "warmup_steps"),
+                       (dict(warmup_steps=-1), "warmup_steps")):
+        with pytest.raises(ValueError, match=match):
+            config(folder, tmp_path / "b", **bad).check()

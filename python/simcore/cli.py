@@ -1,6 +1,7 @@
 """The `simcore` command line: one subcommand per stage.
 
-    simcore demo                  a selection on built-in generated features
+    simcore demo                  the whole pipeline on built-in generated images
+    simcore run ...               the whole pipeline on your data, stage by stage, resumable
     simcore pretrain ...          self-supervised pretraining (SimCLR, BYOL) into a run folder
     simcore extract ...           backbone features of a dataset into a .npy file
     simcore eval knn|linear ...   kNN / linear-probe accuracy of a checkpoint
@@ -115,9 +116,31 @@ def cmd_eval(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from .demo import run_demo, run_selection_demo
 
-    return run_demo(out=args.out, seed=args.seed, n_openset=args.openset_size, progress=not args.quiet)
+    if args.selection_only:
+        return run_selection_demo(out=args.out, seed=args.seed, n_openset=args.openset_size,
+                                  progress=not args.quiet)
+    return run_demo(out=args.out or "simcore-demo", seed=args.seed, from_stage=args.from_stage,
+                    progress=not args.quiet)
+
+
+def cmd_run(args) -> int:
+    from .pipeline import RunConfig, run
+
+    options = {}
+    if args.temperature is not None:
+        options["temperature"] = args.temperature
+    cfg = RunConfig(target=args.target, openset=args.openset, out=args.out, test=args.test,
+                    budget=args.budget, k=args.k, tau=args.tau, patience=args.patience,
+                    method=args.method, arch=args.arch, epochs=args.epochs, batch_size=args.batch_size,
+                    lr=args.lr, warmup_epochs=min(args.warmup_epochs, args.epochs),
+                    image_size=args.image_size, seed=args.seed, compare_random=args.compare_random,
+                    openset_groups=args.openset_groups, linear_epochs=args.linear_epochs,
+                    device=args.device, amp=args.amp, workers=args.workers, cache_dir=args.cache_dir,
+                    method_options=options)
+    run(cfg, from_stage=args.from_stage, progress=not args.quiet)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,12 +149,59 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     fmt = argparse.ArgumentDefaultsHelpFormatter
 
-    d = sub.add_parser("demo", help="a selection on built-in generated features", formatter_class=fmt)
-    d.add_argument("--out", default=None, help="folder to save coreset.npz in (default: do not save)")
-    d.add_argument("--seed", type=int, default=0, help="data and k-means seed")
-    d.add_argument("--openset-size", type=int, default=200_000, help="rows of the generated open-set")
-    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    from .pipeline import STAGES
+
+    d = sub.add_parser("demo", help="the whole pipeline on built-in generated images (a few minutes)",
+                       formatter_class=fmt)
+    d.add_argument("--out", default=None, help="run folder (default ./simcore-demo; with "
+                   "--selection-only: where to save coreset.npz, default: nowhere)")
+    d.add_argument("--seed", type=int, default=0, help="data, training and k-means seed")
+    d.add_argument("--from-stage", choices=STAGES, default=None, help="restart the pipeline at this stage")
+    d.add_argument("--selection-only", action="store_true",
+                   help="only a selection on generated features (no images, no training; a second)")
+    d.add_argument("--openset-size", type=int, default=200_000,
+                   help="rows of the generated open-set (--selection-only)")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=cmd_demo)
+
+    r = sub.add_parser("run", help="the whole pipeline: pretrain, extract, centroids, select, retrain, "
+                       "eval, report (resumable)", formatter_class=fmt)
+    r.add_argument("--target", required=True, help="target X: an ImageFolder tree (its classes label the "
+                   "evaluation), a .txt list of images, or torchvision:NAME[:split]")
+    r.add_argument("--openset", action="append", required=True, metavar="PATH",
+                   help="open-set U (folder, .txt list or torchvision:...); repeat to concatenate")
+    r.add_argument("--out", required=True, help="run folder (manifest.json, one folder per stage)")
+    r.add_argument("--test", default=None, help="labelled test split of the target (eval stage; "
+                   "without it the run stops at the report without accuracies)")
+    r.add_argument("--budget", type=parse_budget, default=None,
+                   help="items (5000) or a fraction of U (1%%); default 50 x target size")
+    r.add_argument("--k", type=int, default=100, help="k-means centroids")
+    r.add_argument("--tau", type=parse_tau, default=0.95, help="stop threshold ratio, or 'none'")
+    r.add_argument("--patience", type=int, default=20, help="round that fixes the threshold")
+    r.add_argument("--method", choices=["simclr", "byol"], default="simclr")
+    r.add_argument("--arch", default="resnet18", help="resnet18, resnet50, or e.g. resnet18-w0.25")
+    r.add_argument("--epochs", type=int, default=100, help="pretraining epochs on X; retraining runs "
+                   "the same number of optimizer steps")
+    r.add_argument("--batch-size", type=int, default=256)
+    r.add_argument("--lr", type=float, default=None, help="peak learning rate (default 0.06 x batch / 256)")
+    r.add_argument("--warmup-epochs", type=int, default=10)
+    r.add_argument("--temperature", type=float, default=None, help="SimCLR temperature (default 0.5)")
+    r.add_argument("--image-size", type=int, default=32)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--compare-random", action="store_true",
+                   help="also pretrain on X + a random open-set subset of the coreset's size")
+    r.add_argument("--openset-groups", default=None, metavar="TSV",
+                   help="folder -> group table (columns folder, group) to measure the coreset by; "
+                   "never used to select")
+    r.add_argument("--linear-epochs", type=int, default=100)
+    r.add_argument("--from-stage", choices=STAGES, default=None,
+                   help="re-run from this stage on, even if complete")
+    r.add_argument("--device", default=None, help="selection/extraction device (default: CUDA if available)")
+    r.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto")
+    r.add_argument("--workers", type=int, default=-1, help="DataLoader workers for images > 96 px")
+    r.add_argument("--cache-dir", default=None, help="decoded-image cache (default ~/.cache/simcore)")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.set_defaults(func=cmd_run)
 
     t = sub.add_parser("pretrain", help="self-supervised pretraining into a run folder",
                        formatter_class=fmt)

@@ -1,7 +1,9 @@
-"""Image datasets for the small-image fast path: an ImageFolder tree or a torchvision named
-dataset, decoded once into a uint8 tensor [N, 3, S, S] and cached on disk.
+"""Image datasets for the small-image fast path: an ImageFolder tree, a list file of image
+paths or a torchvision named dataset, decoded once into a uint8 tensor [N, 3, S, S] and
+cached on disk.
 
     s = load_images("data/dogs/train", size=32)            # ImageFolder (any depth)
+    s = load_images("run/select/coreset.txt", size=32)      # one image path per line (unlabelled)
     s = load_images("torchvision:cifar10:test", size=32)    # downloads if needed
     s.images, s.labels, s.classes, s.paths                  # uint8 [N, 3, 32, 32], ...
 
@@ -53,11 +55,13 @@ class ImageSet:
 
 
 def parse_spec(spec: str) -> Tuple[str, str, Optional[str]]:
-    """'PATH' -> ('folder', PATH, None); 'torchvision:NAME[:SPLIT]' -> ('torchvision', NAME, SPLIT)."""
+    """'PATH' -> ('folder', PATH, None); 'LIST.txt' -> ('list', LIST.txt, None);
+    'torchvision:NAME[:SPLIT]' -> ('torchvision', NAME, SPLIT)."""
     if not isinstance(spec, str) or not spec:
-        raise ValueError(f"a dataset must be a folder path or torchvision:NAME[:split], got {spec!r}")
+        raise ValueError(f"a dataset must be a folder path, a .txt list of image paths or "
+                         f"torchvision:NAME[:split], got {spec!r}")
     if not spec.startswith("torchvision:"):
-        return "folder", spec, None
+        return ("list" if spec.endswith(".txt") else "folder"), spec, None
     parts = spec.split(":")
     if len(parts) not in (2, 3) or parts[1] not in TORCHVISION:
         raise ValueError(f"unknown dataset {spec!r}: expected torchvision:NAME[:split] with NAME one of "
@@ -86,6 +90,28 @@ def _list_folder(root: str) -> Tuple[List[Tuple[str, int]], List[str]]:
     if not items:
         raise ValueError(f"{root} holds no images ({', '.join(IMG_EXTENSIONS)})")
     return items, classes
+
+
+def _list_file(path: str) -> Tuple[List[Tuple[str, int]], List[str]]:
+    """(file, -1) pairs of a list file: one image path per line, relative to the list's
+    folder unless absolute; blank lines ignored. Unlabelled: no classes."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no such image list: {path}")
+    base = os.path.dirname(os.path.abspath(path))
+    with open(path) as f:
+        files = [line.rstrip("\n") for line in f if line.strip()]
+    if not files:
+        raise ValueError(f"{path} lists no images")
+    items = [(p if os.path.isabs(p) else os.path.join(base, p), -1) for p in files]
+    missing = next((p for p, _ in items if not os.path.isfile(p)), None)
+    if missing is not None:
+        raise FileNotFoundError(f"{path} lists a missing image: {missing}")
+    return items, []
+
+
+def list_items(kind: str, name: str) -> Tuple[List[Tuple[str, int]], List[str]]:
+    """(file, label) pairs and class names of a 'folder' or 'list' dataset."""
+    return _list_folder(name) if kind == "folder" else _list_file(name)
 
 
 def _to_uint8(img: Image.Image, size: int) -> np.ndarray:
@@ -140,9 +166,9 @@ def load_images(spec: str, size: int, *, cache_dir: Optional[str] = None, skip_b
         raise ValueError(f"size must be a positive int, got {size!r}")
     kind, name, split = parse_spec(spec)
     cache_dir = cache_dir or default_cache_dir()
-    if kind == "folder":
-        items, classes = _list_folder(name)
-        key = _cache_key(name, size, items)
+    if kind in ("folder", "list"):
+        items, classes = list_items(kind, name)
+        key = _cache_key(name if kind == "folder" else os.path.dirname(os.path.abspath(name)), size, items)
         cache = os.path.join(cache_dir, "images", f"{os.path.basename(os.path.normpath(name))}-{size}px-{key}.pt")
         if os.path.exists(cache):
             d = torch.load(cache, weights_only=True)

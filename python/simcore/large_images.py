@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from .augment import MEAN, STD
-from .data import TORCHVISION, DatasetUnavailable, _list_folder, default_cache_dir, parse_spec
+from .data import TORCHVISION, DatasetUnavailable, default_cache_dir, list_items, parse_spec
 
 log = logging.getLogger("simcore")
 
@@ -27,8 +27,8 @@ class ImageFiles(Dataset):
                  download_root: Optional[str] = None):
         kind, name, split = parse_spec(spec)
         self.spec, self.transform, self.views, self.tv = spec, None, 1, None
-        if kind == "folder":
-            items, self.classes = _list_folder(name)
+        if kind in ("folder", "list"):
+            items, self.classes = list_items(kind, name)
             if skip_bad:  # one full decode per file, before any worker starts
                 good = [it for it in items if _readable(it[0])]
                 if len(good) < len(items):

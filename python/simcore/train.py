@@ -43,6 +43,7 @@ class TrainConfig:
     method: str = "simclr"
     arch: str = "resnet18"
     epochs: int = 100
+    steps: Optional[int] = None  # total optimizer steps: overrides epochs (the last epoch is cut short)
     batch_size: int = 256  # global, over all ranks
     lr: Optional[float] = None  # default: base_lr * batch_size / 256
     base_lr: float = 0.06
@@ -50,6 +51,7 @@ class TrainConfig:
     momentum: float = 0.9
     optimizer: str = "sgd"  # or "lars"
     warmup_epochs: int = 10
+    warmup_steps: Optional[int] = None  # overrides warmup_epochs (runs of a fixed step count)
     image_size: int = 32
     min_crop: float = 0.08  # smallest random-resized-crop area (a fraction of the image)
     seed: int = 0
@@ -86,7 +88,12 @@ class TrainConfig:
             raise ValueError(f"optimizer must be sgd or lars, got {self.optimizer!r}")
         if self.amp not in ("auto", "bf16", "off"):
             raise ValueError(f"amp must be auto, bf16 or off, got {self.amp!r}")
-        if self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
+        if self.steps is not None and not (isinstance(self.steps, int) and self.steps >= 1):
+            raise ValueError(f"steps must be a positive int or None, got {self.steps!r}")
+        if self.warmup_steps is not None and not (isinstance(self.warmup_steps, int) and
+                                                  0 <= self.warmup_steps <= (self.steps or self.warmup_steps)):
+            raise ValueError(f"warmup_steps must be an int in [0, steps], got {self.warmup_steps!r}")
+        if self.warmup_epochs < 0 or (self.steps is None and self.warmup_epochs > self.epochs):
             raise ValueError(f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs}")
         return self
 
@@ -247,27 +254,31 @@ def pretrain(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> L
             method, device_ids=[device.index] if device.type == "cuda" else None)
     forward = torch.compile(model) if cfg.compile else model
     amp_dtype = _autocast_dtype(cfg.amp, device)
-    total_steps = cfg.epochs * steps_per_epoch
+    total_steps = cfg.steps or cfg.epochs * steps_per_epoch
+    epochs = -(-total_steps // steps_per_epoch)
+    warmup_steps = min(total_steps, cfg.warmup_steps if cfg.warmup_steps is not None
+                       else cfg.warmup_epochs * steps_per_epoch)
     per_rank = cfg.batch_size // world
     losses = []
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(start_epoch, epochs):
+        epoch_steps = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
         method.train()
         t0 = time.perf_counter()
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
         total = torch.zeros((), device=device)
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+        bar = tqdm(range(epoch_steps), desc=f"epoch {epoch + 1}/{epochs}", leave=False,
                    disable=not progress or rank != 0)
         mine = slice(rank * per_rank, (rank + 1) * per_rank)
         if large:
             batches = [order[s * cfg.batch_size:(s + 1) * cfg.batch_size][mine].tolist()
-                       for s in range(steps_per_epoch)]
+                       for s in range(epoch_steps)]
             views = iter(loader(files, batches, workers, cfg.seed * 100003 + epoch * 1009 + rank,
                                 pin=device.type == "cuda"))
         for step in bar:
             global_step = epoch * steps_per_epoch + step
             for group in opt.param_groups:
                 group["lr"] = lr_at(global_step, total_steps, cfg.peak_lr,
-                                    cfg.warmup_epochs * steps_per_epoch)
+                                    warmup_steps)
             if large:
                 v1, v2 = (v.to(device, non_blocking=True) for v in next(views))
             else:
@@ -286,7 +297,7 @@ def pretrain(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> L
             opt.step()
             method.after_step((global_step + 1) / total_steps)
             total += loss.detach()
-        mean_loss = total / steps_per_epoch
+        mean_loss = total / epoch_steps
         if world > 1:
             dist.all_reduce(mean_loss)
             mean_loss /= world
@@ -295,16 +306,16 @@ def pretrain(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> L
         seconds = time.perf_counter() - t0
         if rank == 0:  # metrics first: a resume drops rows past its checkpoint's epoch
             metrics.add(epoch=epoch + 1, loss=f"{mean_loss:.6f}", lr=f"{opt.param_groups[0]['lr']:.6g}",
-                        seconds=f"{seconds:.2f}", images_per_s=f"{steps_per_epoch * cfg.batch_size / seconds:.1f}")
+                        seconds=f"{seconds:.2f}", images_per_s=f"{epoch_steps * cfg.batch_size / seconds:.1f}")
             save_checkpoint(ckpt_path, model=method.state_dict(), optimizer=opt.state_dict(),
                             epoch=epoch + 1, config=_comparable(cfg))
             if board is not None:
                 for name, value in (("loss", mean_loss), ("lr", opt.param_groups[0]["lr"]),
-                                    ("images_per_s", steps_per_epoch * cfg.batch_size / seconds)):
+                                    ("images_per_s", epoch_steps * cfg.batch_size / seconds)):
                     board.add_scalar(f"pretrain/{name}", value, epoch + 1)
                 board.flush()
             if progress:
-                tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: loss {mean_loss:.4f}, {seconds:.1f} s")
+                tqdm.write(f"epoch {epoch + 1}/{epochs}: loss {mean_loss:.4f}, {seconds:.1f} s")
         if world > 1:
             dist.barrier()
     if board is not None:

@@ -1,0 +1,261 @@
+"""The paper's Table (OpenSSL setting) in miniature on real photographs: tinyopenssl's six
+dog breeds as the fine-grained target X, its 50,300-image open-set OS as U.
+
+    python benchmarks/openssl_table.py --data-dir ../shared/data/tinyopenssl [--steps 420]
+
+Rows, as in the paper, every one pretrained with SimCLR for the same number of optimizer
+steps from the same initialisation seed: X; OS; X+OS; X+OS_rand (1%, 5%, and the size the
+stop criterion chose); X+OS_SimCore (1%, 5%, stop criterion). The SimCore retrieval encoder
+is the X row's encoder (pretrained on X alone, as in the paper); centroids and selection
+see features only, never the open-set folders. Each encoder is scored on dogs/test by
+weighted kNN (k = 20, 200) and a linear probe fit on dogs/train; each sampler by its
+selection precision: the share of its coreset in the `target-class` and `dog` groups of
+openset_classes.tsv. A reference sampler runs SimCore on raw 8x8 pixels.
+
+Runs are resumable: every finished (row, seed) lands in WORK_DIR/results.json, and
+interrupted pretrainings resume from their last epoch. Writes benchmarks/results/
+openssl_table.{json,md} and PNGs; hyper-parameters come from ssl_dogs.py's validation-split
+choice (batch 256, lr 0.3); nothing is tuned on dogs/test."""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from simcore.data import load_images
+from simcore.evaluate import features, knn, linear_probe
+from simcore.extract import extract, load_backbone
+from simcore.train import TrainConfig, pretrain
+from simcore_ext import select_coreset
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+# (name, what it pretrains on): sampler names refer to coresets drawn per seed
+ROWS = [("X", ["X"]), ("X+OS_SimCore (1%)", ["X", "simcore-1%"]), ("X+OS_rand (1%)", ["X", "random-1%"]),
+        ("X+OS_SimCore (stop)", ["X", "simcore-stop"]), ("X+OS_rand (stop size)", ["X", "random-stop"]),
+        ("X+OS_SimCore (5%)", ["X", "simcore-5%"]), ("X+OS_rand (5%)", ["X", "random-5%"]),
+        ("X+OS", ["X", "OS"]), ("OS", ["OS"])]
+GOOD_GROUPS = ("target-class", "dog")
+
+
+def _write_json(obj, path):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def _groups(data_dir):
+    with open(os.path.join(data_dir, "openset_classes.tsv")) as f:
+        return {r["folder"]: r["group"] for r in csv.DictReader(f, delimiter="\t")}
+
+
+def _folders(paths, openset_dir):
+    return np.array([os.path.relpath(p, openset_dir).split(os.sep)[0] for p in paths])
+
+
+def precision(indices, folder_of, group_of):
+    """Share (%) of a coreset in each group, and in GOOD_GROUPS together."""
+    groups = np.array([group_of[f] for f in folder_of[np.asarray(indices)]])
+    share = {g: 100.0 * float((groups == g).mean()) for g in sorted(set(group_of.values()))}
+    share["precision"] = sum(share.get(g, 0.0) for g in GOOD_GROUPS)
+    return share
+
+
+def samplers(args, seed, work, openset_dir, x_ckpt, x_dir, folder_of, group_of, raw):
+    """Coresets of this seed: SimCore (1%, 5%, stop) on the X encoder's features, random of
+    the same sizes, SimCore on raw pixels (reference). Cached in WORK/seedS/coresets.json."""
+    path = os.path.join(work, "coresets.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    feats = {}
+    for name, data in (("X", x_dir), ("U", openset_dir)):
+        out = os.path.join(work, f"features-{name}.npy")
+        if not os.path.exists(out):
+            extract(x_ckpt, data, out, dtype="float32", cache_dir=args.cache_dir, progress=False)
+        feats[name] = np.load(out, mmap_mode="r")
+    N = feats["U"].shape[0]
+    with open(os.path.join(work, "features-U.paths.txt")) as f:
+        assert [line.rstrip("\n") for line in f] == raw["paths"], "feature rows and images differ"
+    sets, info = {}, {}
+    for label, budget, tau in (("1%", 0.01, None), ("5%", 0.05, None), ("stop", None, 0.95)):
+        t0 = time.perf_counter()
+        r = select_coreset(feats["X"], os.path.join(work, "features-U.npy"), k=args.k, budget=budget,
+                           tau=tau, seed=seed, progress=False)
+        sets[f"simcore-{label}"] = r.indices.tolist()
+        info[f"simcore-{label}"] = dict(items=len(r), rounds=r.rounds, stop_reason=r.stop_reason,
+                                        seconds=time.perf_counter() - t0)
+        rng = np.random.default_rng(seed * 7919 + len(r))
+        sets[f"random-{label}"] = sorted(rng.choice(N, size=len(r), replace=False).tolist())
+    r = select_coreset(raw["X"], raw["U"], k=args.k, budget=0.01, tau=None, seed=seed, progress=False)
+    sets["raw-pixels-1%"] = r.indices.tolist()
+    out = dict(sets=sets, info=info,
+               precision={name: precision(ix, folder_of, group_of) for name, ix in sets.items()})
+    _write_json(out, path)
+    return out
+
+
+def raw_pixels(x_dir, openset_dir, cache_dir):
+    """8x8 area-downsampled pixels (the reference sampler's features)."""
+    def px(spec):
+        s = load_images(spec, 32, cache_dir=cache_dir)
+        return F.adaptive_avg_pool2d(s.images.float(), 8).flatten(1), s.paths
+    X, _ = px(x_dir)
+    U, paths = px(openset_dir)
+    return dict(X=X, U=U, paths=paths)
+
+
+def run_row(args, seed, name, parts, work, x_dir, openset_dir, coresets, train, test):
+    data = []
+    for part in parts:
+        if part == "X":
+            data.append(x_dir)
+        elif part == "OS":
+            data.append(openset_dir)
+        else:
+            lst = os.path.join(work, f"{part}.txt")
+            if not os.path.exists(lst):
+                with open(os.path.join(work, "features-U.paths.txt")) as f:
+                    paths = [line.rstrip("\n") for line in f]
+                with open(lst + ".tmp", "w") as f:
+                    f.writelines(paths[i] + "\n" for i in coresets["sets"][part])
+                os.replace(lst + ".tmp", lst)
+            data.append(lst)
+    out = os.path.join(work, name.replace(" ", "_").replace("%", "pc").replace("(", "").replace(")", ""))
+    cfg = TrainConfig(data=data, out=out, method="simclr", arch=args.arch, steps=args.steps,
+                      warmup_steps=args.steps // 10, batch_size=args.batch_size, lr=args.lr,
+                      seed=seed, cache_dir=args.cache_dir)
+    t0 = time.perf_counter()
+    pretrain(cfg, resume=os.path.exists(os.path.join(out, "checkpoint.pt")), progress=False)
+    wall = time.perf_counter() - t0
+    backbone, _ = load_backbone(os.path.join(out, "checkpoint.pt"), torch.device("cpu"))
+    ftr, fte = features(backbone, train.images, 32), features(backbone, test.images, 32)
+    k = knn(ftr, train.labels, fte, test.labels)
+    lin = linear_probe(ftr, train.labels, fte, test.labels, seed=seed)
+    images = sum(len(load_images(d, 32, cache_dir=args.cache_dir)) for d in data)
+    return dict(row=name, seed=seed, images=images, knn20=k[20], knn200=k[200], linear=lin["top1"],
+                train_seconds=wall)
+
+
+def mean_std(values):
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def table(results, coresets, args):
+    """The markdown table: accuracy rows (mean +- std over seeds) and sampler precision."""
+    fmt = lambda v: "{:.1f} ± {:.1f}".format(*mean_std(v))  # noqa: E731
+    seeds = sorted({r["seed"] for r in results.values()})
+    lines = [f"SimCLR {args.arch}, {args.steps} optimizer steps of batch {args.batch_size} per row "
+             f"(lr {args.lr}, 32 px), seeds {seeds}; dogs/train (1,800) + open-set (50,300) -> "
+             f"dogs/test (300, 6 breeds); SimCore k = {args.k}, retrieval encoder = the X row.", "",
+             "| pretraining data | images | linear top-1 | kNN k=20 | kNN k=200 | selection precision |",
+             "|---|---|---|---|---|---|"]
+    for name, parts in ROWS:
+        rs = [r for r in results.values() if r["row"] == name]
+        if not rs:
+            continue
+        sampler = next((p for p in parts if p not in ("X", "OS")), None)
+        prec = [coresets[str(r["seed"])]["precision"][sampler]["precision"] for r in rs] if sampler else None
+        lines.append(f"| {name} | {statistics.mean(r['images'] for r in rs):,.0f} | "
+                     f"{fmt([r['linear'] for r in rs])} | {fmt([r['knn20'] for r in rs])} | "
+                     f"{fmt([r['knn200'] for r in rs])} | {fmt(prec) + '%' if prec else '-'} |")
+    raw = [c["precision"]["raw-pixels-1%"]["precision"] for c in coresets.values()]
+    lines += ["", f"Reference sampler, SimCore on raw 8x8 pixels (1%): precision {fmt(raw)}%. "
+              f"Precision = share of the coreset in the open-set's `target-class` and `dog` groups "
+              f"(random: 6.4%)."]
+    for label in ("1%", "5%", "stop"):
+        per = [c["precision"][f"simcore-{label}"] for c in coresets.values()]
+        lines.append(f"SimCore ({label}): target-class {fmt([p['target-class'] for p in per])}%, "
+                     f"dog {fmt([p['dog'] for p in per])}%, animal {fmt([p['animal'] for p in per])}%, "
+                     f"other {fmt([p['other'] for p in per])}%; "
+                     f"{statistics.mean(c['info'][f'simcore-{label}']['items'] for c in coresets.values()):,.0f} items.")
+    return "\n".join(lines)
+
+
+def plots(results, coresets, prefix):
+    from simcore.plots import accuracy_bars, composition_bars
+    bars = {}
+    for name, _ in ROWS:
+        rs = [r["linear"] for r in results.values() if r["row"] == name]
+        if rs:
+            bars[name] = mean_std(rs)
+    accuracy_bars(bars, f"{prefix}_linear.png", title="linear top-1 on dogs/test (mean ± std over seeds)")
+    shares = {}
+    for name in ("simcore-1%", "random-1%", "simcore-5%", "random-5%", "simcore-stop", "random-stop",
+                 "raw-pixels-1%"):
+        shares[name] = {g: statistics.mean(c["precision"][name][g] for c in coresets.values())
+                        for g in ("target-class", "dog", "animal", "other")}
+    composition_bars(shares, f"{prefix}_composition.png", title="coreset composition by open-set group")
+
+
+def main():
+    ap = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--data-dir", required=True, help="the tinyopenssl folder")
+    ap.add_argument("--steps", type=int, default=420, help="optimizer steps of every row (60 X-epochs)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--arch", default="resnet18-w0.25")
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=0.3)
+    ap.add_argument("--k", type=int, default=100, help="SimCore centroids")
+    ap.add_argument("--rows", nargs="+", default=None, help="only these rows (default: all)")
+    ap.add_argument("--work-dir", default=os.path.expanduser("~/.cache/simcore/openssl_table"))
+    ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--out", default=os.path.join(RESULTS, "openssl_table"), help="output prefix")
+    args = ap.parse_args()
+
+    x_dir, test_dir = (os.path.join(args.data_dir, "dogs", s) for s in ("train", "test"))
+    openset_dir = os.path.join(args.data_dir, "openset")
+    for p in (x_dir, test_dir, openset_dir):
+        if not os.path.isdir(p):
+            raise SystemExit(f"openssl_table.py: error: no such folder {p} (is --data-dir tinyopenssl?)")
+    group_of = _groups(args.data_dir)
+    train, test = (load_images(p, 32, cache_dir=args.cache_dir) for p in (x_dir, test_dir))
+    raw = raw_pixels(x_dir, openset_dir, args.cache_dir)
+    folder_of = _folders(raw["paths"], openset_dir)
+    os.makedirs(args.work_dir, exist_ok=True)
+    res_path = os.path.join(args.work_dir, "results.json")
+    results = json.load(open(res_path)) if os.path.exists(res_path) else {}
+    coresets = {}
+    rows = [r for r in ROWS if args.rows is None or r[0] in args.rows]
+    for seed in args.seeds:
+        work = os.path.join(args.work_dir, f"seed{seed}")
+        os.makedirs(work, exist_ok=True)
+        for name, parts in rows:
+            key = f"{name}/{seed}/{args.steps}"
+            if key not in results:
+                results[key] = run_row(args, seed, name, parts, work, x_dir, openset_dir, coresets.get(str(seed)),
+                                       train, test)
+                _write_json(results, res_path)
+                print(json.dumps(results[key]), flush=True)
+            if name == "X" and str(seed) not in coresets:
+                coresets[str(seed)] = samplers(args, seed, work, openset_dir,
+                                               os.path.join(work, "X", "checkpoint.pt"), x_dir,
+                                               folder_of, group_of, raw)
+                print(json.dumps({"seed": seed, "precision": coresets[str(seed)]["precision"],
+                                  "info": coresets[str(seed)]["info"]}), flush=True)
+    mine = {k: v for k, v in results.items() if k.endswith(f"/{args.steps}") and v["seed"] in args.seeds}
+    md = table(mine, coresets, args)
+    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    print(md)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out + ".md", "w") as f:
+        f.write(md + f"\n\nMachine: {machine}. Command: python benchmarks/openssl_table.py "
+                f"--data-dir DATA --steps {args.steps} --seeds {' '.join(map(str, args.seeds))}\n")
+    _write_json(dict(args=vars(args), machine=machine, results=mine, coresets={
+        s: dict(info=c["info"], precision=c["precision"]) for s, c in coresets.items()}), args.out + ".json")
+    try:
+        plots(mine, coresets, args.out)
+    except ImportError as e:
+        print(f"no plots: {e}")
+
+
+if __name__ == "__main__":
+    main()

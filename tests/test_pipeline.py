@@ -1,0 +1,215 @@
+"""`simcore run`: stages, manifest, skipping, invalidation, --from-stage, interruption."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from simcore.cli import main
+from simcore.pipeline import STAGES, Run, RunConfig, fingerprint, run
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def _images(root, classes, per_class, seed, size=16):
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        d = os.path.join(root, f"class{c}")
+        os.makedirs(d, exist_ok=True)
+        for i in range(per_class):
+            base = np.zeros((size, size, 3), np.uint8) + np.uint8(40 * c)  # class-dependent tone
+            img = np.clip(base + rng.integers(0, 120, (size, size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(os.path.join(d, f"{i:03d}.png"))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline-data")
+    _images(str(root / "train"), 3, 12, 0)
+    _images(str(root / "test"), 3, 4, 1)
+    _images(str(root / "openset"), 4, 10, 2)
+    with open(root / "groups.tsv", "w") as f:
+        f.write("folder\tgroup\nclass0\ttarget-class\nclass1\ttarget-class\nclass2\tother\nclass3\tother\n")
+    return root
+
+
+def config(data, out, **kw):
+    base = dict(target=str(data / "train"), openset=[str(data / "openset")], out=str(out),
+                test=str(data / "test"), arch="resnet18-w0.125", epochs=2, batch_size=16, lr=0.1,
+                warmup_epochs=1, image_size=16, k=4, budget=8, tau=None, linear_epochs=5,
+                compare_random=True, openset_groups=str(data / "groups.tsv"), cache_dir=str(data / "cache"))
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def quiet(cfg, from_stage=None):
+    lines = []
+    manifest = Run(cfg.check(), progress=False, log=lines.append).run(from_stage)
+    return manifest, lines
+
+
+def ran(lines):
+    return [line.split("]")[0][1:] for line in lines if line.endswith("running") or line.endswith("resuming")]
+
+
+def test_full_run_writes_every_stage_and_a_rerun_skips_all(data, tmp_path):
+    cfg = config(data, tmp_path / "run")
+    manifest, lines = quiet(cfg)
+    assert ran(lines) == list(STAGES)
+    assert all(manifest["stages"][s]["status"] == "done" for s in STAGES)
+    for rec in manifest["stages"].values():
+        for p in rec["outputs"]:
+            assert os.path.exists(tmp_path / "run" / p), p
+    sel = manifest["stages"]["select"]
+    assert sel["items"] == 8
+    coreset = open(tmp_path / "run" / "select" / "coreset.txt").read().splitlines()
+    assert len(coreset) == 8 and all(p.startswith(str(data / "openset")) for p in coreset)
+    # X alone, X + random and X + SimCore ran the same optimizer steps
+    steps = manifest["stages"]["pretrain"]["steps"]
+    assert steps == 2 * (36 // 16)
+    for stage in ("retrain", "baseline"):
+        assert manifest["stages"][stage]["steps"] == steps
+        rows = open(tmp_path / "run" / stage / "metrics.csv").read().splitlines()[1:]
+        assert len(rows) == -(-steps // ((36 + 8) // 16))
+    ev = json.load(open(tmp_path / "run" / "eval" / "eval.json"))
+    assert set(ev) == {"X", "X + random", "X + SimCore"}
+    report = open(tmp_path / "run" / "report" / "report.md").read()
+    assert "Composition by open-set group" in report and "X + SimCore" in report
+    mtime = os.stat(tmp_path / "run" / "retrain" / "checkpoint.pt").st_mtime_ns
+
+    manifest2, lines = quiet(cfg)
+    assert ran(lines) == []
+    assert os.stat(tmp_path / "run" / "retrain" / "checkpoint.pt").st_mtime_ns == mtime
+    assert manifest2["stages"]["report"]["stamp"] == manifest["stages"]["report"]["stamp"]
+
+
+def test_changed_parameter_reruns_that_stage_and_after(data, tmp_path):
+    quiet(config(data, tmp_path / "run"))
+    _, lines = quiet(config(data, tmp_path / "run", budget=10))
+    assert ran(lines) == ["select", "retrain", "baseline", "eval", "report"]
+    assert len(open(tmp_path / "run" / "select" / "coreset.txt").read().splitlines()) == 10
+    _, lines = quiet(config(data, tmp_path / "run", budget=10, k=3))
+    assert ran(lines) == ["centroids", "select", "retrain", "baseline", "eval", "report"]
+    _, lines = quiet(config(data, tmp_path / "run", budget=10, k=3, linear_epochs=3))
+    assert ran(lines) == ["eval", "report"]
+
+
+def test_from_stage_forces_a_restart(data, tmp_path):
+    quiet(config(data, tmp_path / "run"))
+    _, lines = quiet(config(data, tmp_path / "run"), from_stage="retrain")
+    assert ran(lines) == ["retrain", "baseline", "eval", "report"]
+    with pytest.raises(ValueError, match="unknown stage"):
+        quiet(config(data, tmp_path / "run"), from_stage="nope")
+
+
+def test_changed_data_is_noticed(data, tmp_path):
+    before = fingerprint(str(data / "openset"))
+    p = data / "openset" / "class3" / "009.png"
+    os.utime(p, ns=(os.stat(p).st_atime_ns, os.stat(p).st_mtime_ns + 10**9))
+    assert fingerprint(str(data / "openset")) != before
+
+
+def test_interrupted_stage_resumes_and_earlier_ones_are_kept(data, tmp_path, monkeypatch):
+    cfg = config(data, tmp_path / "run")
+
+    def boom(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Run, "stage_eval", boom)
+    with pytest.raises(KeyboardInterrupt):
+        quiet(cfg)
+    m = json.load(open(tmp_path / "run" / "manifest.json"))
+    assert m["stages"]["eval"]["status"] == "running"
+    monkeypatch.undo()
+    _, lines = quiet(cfg)
+    assert ran(lines) == ["eval", "report"] and "[eval] resuming" in lines
+
+
+def test_kill_9_then_rerun_completes(data, tmp_path):
+    """A real SIGKILL in the middle of retraining: the rerun resumes it (from its last
+    epoch), keeps every finished stage, and ends with the same artefacts as always."""
+    out = tmp_path / "run"
+    args = [sys.executable, "-P", "-c", "import sys; from simcore.cli import main; sys.exit(main(sys.argv[1:]))",
+            "run", "--target", str(data / "train"), "--openset", str(data / "openset"), "--test", str(data / "test"),
+            "--out", str(out), "--arch", "resnet18-w0.125", "--epochs", "12", "--batch-size", "16",
+            "--image-size", "16", "--k", "4", "--budget", "8", "--tau", "none", "--linear-epochs", "3",
+            "--cache-dir", str(data / "cache"), "--quiet"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    killed = False
+    while proc.poll() is None and time.time() < deadline:
+        metrics = out / "retrain" / "metrics.csv"
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:  # >= 2 epochs done
+            proc.send_signal(signal.SIGKILL)
+            killed = True
+            break
+        time.sleep(0.05)
+    proc.wait()
+    assert killed, "the run ended before its retraining could be interrupted"
+    m = json.load(open(out / "manifest.json"))
+    assert m["stages"]["retrain"]["status"] == "running"
+    assert os.path.exists(out / ".lock")  # left behind by the killed process
+    rerun = subprocess.run(args, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    m = json.load(open(out / "manifest.json"))
+    assert all(m["stages"][s]["status"] == "done" for s in STAGES if s != "baseline")
+    assert "[pretrain] up to date (skipped)" in rerun.stdout and "[retrain] resuming" in rerun.stdout
+    rows = [r.split(",")[0] for r in open(out / "retrain" / "metrics.csv").read().splitlines()[1:]]
+    assert rows == [str(e) for e in range(1, len(rows) + 1)]
+    assert not os.path.exists(out / ".lock")
+
+
+def test_a_live_run_holds_the_folder(data, tmp_path):
+    out = tmp_path / "run"
+    os.makedirs(out)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (out / ".lock").write_text(str(sleeper.pid))
+        with pytest.raises(FileExistsError, match="another simcore run"):
+            quiet(config(data, out))
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    quiet(config(data, out, compare_random=False, test=None))  # a dead holder's lock is taken over
+
+
+def test_without_test_or_baseline(data, tmp_path):
+    manifest, lines = quiet(config(data, tmp_path / "run", compare_random=False, test=None))
+    assert ran(lines) == ["pretrain", "extract", "centroids", "select", "retrain", "report"]
+    assert "eval" not in manifest["stages"] and "baseline" not in manifest["stages"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--target", "/nonexistent/x"], "no such dataset folder: /nonexistent/x"),
+    (["--openset", "/nonexistent/u"], "no such dataset folder: /nonexistent/u"),
+    (["--test", "/nonexistent/t"], "no such dataset folder: /nonexistent/t"),
+    (["--k", "0"], "k must be"),
+    (["--tau", "1.5"], "tau"),
+    (["--budget", "0"], "budget"),
+    (["--arch", "vgg"], "unknown architecture"),
+    (["--openset-groups", "/nonexistent.tsv"], "no such open-set groups file"),
+])
+def test_bad_arguments_fail_before_any_work(data, tmp_path, capsys, argv, message):
+    base = {"--target": str(data / "train"), "--openset": str(data / "openset"), "--out": str(tmp_path / "run")}
+    for flag, value in zip(argv[::2], argv[1::2]):
+        base[flag] = value
+    args = ["run"] + [x for kv in base.items() for x in kv]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_select_alone_on_feature_files(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "X.npy", rng.standard_normal((30, 8)).astype(np.float32))
+    np.save(tmp_path / "U.npy", rng.standard_normal((200, 8)).astype(np.float32))
+    assert main(["select", "--target-features", str(tmp_path / "X.npy"), "--openset-features",
+                 str(tmp_path / "U.npy"), "--out", str(tmp_path / "sel"), "--k", "5", "--budget", "20",
+                 "--quiet"]) == 0
+    assert json.load(open(tmp_path / "sel" / "selection.json"))["items"] == 20
