@@ -180,6 +180,29 @@ def table(results, coresets, args):
     return "\n".join(lines)
 
 
+def retrieval_ablation(args, seed, work, x_dir, openset_dir, folder_of, group_of):
+    """Analysis, not a paper row: SimCore (1%) precision when the retrieval encoder is the
+    X+OS row's encoder (same steps, 52k images) instead of the X row's. Cached."""
+    path = os.path.join(work, "retrieval_xos.json")
+    ckpt = os.path.join(work, "X+OS", "checkpoint.pt")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    if not os.path.exists(ckpt):
+        return None
+    feats = {}
+    for name, data in (("X", x_dir), ("U", openset_dir)):
+        out = os.path.join(work, f"features-xos-{name}.npy")
+        if not os.path.exists(out):
+            extract(ckpt, data, out, dtype="float32", cache_dir=args.cache_dir, progress=False)
+        feats[name] = np.load(out, mmap_mode="r")
+    r = select_coreset(feats["X"], os.path.join(work, "features-xos-U.npy"), k=args.k, budget=0.01, tau=None,
+                       seed=seed, progress=False)
+    out = precision(r.indices.numpy(), folder_of, group_of)
+    _write_json(out, path)
+    return out
+
+
 def plots(results, coresets, prefix):
     from simcore.plots import accuracy_bars, composition_bars
     bars = {}
@@ -243,13 +266,26 @@ def main():
                                   "info": coresets[str(seed)]["info"]}), flush=True)
     mine = {k: v for k, v in results.items() if k.endswith(f"/{args.steps}") and v["seed"] in args.seeds}
     md = table(mine, coresets, args)
+    ablation = {}
+    if args.rows is None:
+        for seed in args.seeds:
+            a = retrieval_ablation(args, seed, os.path.join(args.work_dir, f"seed{seed}"), x_dir, openset_dir,
+                                   folder_of, group_of)
+            if a is not None:
+                ablation[str(seed)] = a
+    if ablation:
+        v = [a["precision"] for a in ablation.values()]
+        md += (f"\nAnalysis (not a paper row): SimCore (1%) with the X+OS row's encoder as the retrieval "
+               f"encoder: precision {statistics.mean(v):.1f} ± {statistics.stdev(v) if len(v) > 1 else 0:.1f}% "
+               f"(target-class {statistics.mean(a['target-class'] for a in ablation.values()):.1f}%, "
+               f"dog {statistics.mean(a['dog'] for a in ablation.values()):.1f}%), seeds {sorted(ablation)}.")
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     print(md)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out + ".md", "w") as f:
         f.write(md + f"\n\nMachine: {machine}. Command: python benchmarks/openssl_table.py "
                 f"--data-dir DATA --steps {args.steps} --seeds {' '.join(map(str, args.seeds))}\n")
-    _write_json(dict(args=vars(args), machine=machine, results=mine, coresets={
+    _write_json(dict(args=vars(args), machine=machine, results=mine, retrieval_xos=ablation, coresets={
         s: dict(info=c["info"], precision=c["precision"]) for s, c in coresets.items()}), args.out + ".json")
     try:
         plots(mine, coresets, args.out)

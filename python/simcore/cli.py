@@ -138,7 +138,7 @@ def cmd_run(args) -> int:
                     image_size=args.image_size, seed=args.seed, compare_random=args.compare_random,
                     openset_groups=args.openset_groups, linear_epochs=args.linear_epochs,
                     device=args.device, amp=args.amp, workers=args.workers, cache_dir=args.cache_dir,
-                    method_options=options)
+                    skip_bad_images=args.skip_bad_images, method_options=options)
     run(cfg, from_stage=args.from_stage, progress=not args.quiet)
     return 0
 
@@ -169,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--target", required=True, help="target X: an ImageFolder tree (its classes label the "
                    "evaluation), a .txt list of images, or torchvision:NAME[:split]")
     r.add_argument("--openset", action="append", required=True, metavar="PATH",
-                   help="open-set U (folder, .txt list or torchvision:...); repeat to concatenate")
+                   help="open-set U: a folder of image folders (ImageFolder layout) or a .txt list of image "
+                   "paths; repeat to concatenate")
     r.add_argument("--out", required=True, help="run folder (manifest.json, one folder per stage)")
     r.add_argument("--test", default=None, help="labelled test split of the target (eval stage; "
                    "without it the run stops at the report without accuracies)")
@@ -196,7 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--linear-epochs", type=int, default=100)
     r.add_argument("--from-stage", choices=STAGES, default=None,
                    help="re-run from this stage on, even if complete")
-    r.add_argument("--device", default=None, help="selection/extraction device (default: CUDA if available)")
+    r.add_argument("--device", default=None, help="device of extraction, selection and evaluation (default: "
+                   "CUDA if available; training always uses the GPU when there is one)")
+    r.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images (counted)")
     r.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto")
     r.add_argument("--workers", type=int, default=-1, help="DataLoader workers for images > 96 px")
     r.add_argument("--cache-dir", default=None, help="decoded-image cache (default ~/.cache/simcore)")
@@ -206,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("pretrain", help="self-supervised pretraining into a run folder",
                        formatter_class=fmt)
     t.add_argument("--data", action="append", required=True, metavar="PATH",
-                   help="an ImageFolder tree or torchvision:NAME[:split]; repeat to concatenate")
+                   help="an ImageFolder tree, a .txt list of image paths, or torchvision:NAME[:split]; "
+                   "repeat to concatenate")
     t.add_argument("--out", required=True, help="run folder: config.json, metrics.csv, checkpoint.pt")
     t.add_argument("--method", choices=["simclr", "byol"], default="simclr")
     t.add_argument("--arch", default="resnet18", help="resnet18, resnet50, or e.g. resnet18-w0.25")
@@ -237,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("extract", help="backbone features of a dataset into a .npy file",
                        formatter_class=fmt)
     e.add_argument("--checkpoint", required=True, help="a pretrain run's checkpoint.pt")
-    e.add_argument("--data", required=True, help="an ImageFolder tree or torchvision:NAME[:split]")
+    e.add_argument("--data", required=True, help="an ImageFolder tree, a .txt list of image paths, or "
+                   "torchvision:NAME[:split]")
     e.add_argument("--out", required=True, metavar="FEATS.npy",
                    help="output; FEATS.paths.txt maps rows to images; reruns resume")
     e.add_argument("--dtype", choices=["float16", "float32"], default="float16")
@@ -297,7 +302,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, DatasetUnavailable) as e:
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, PermissionError, DatasetUnavailable) as e:
         print(f"simcore {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -61,7 +61,7 @@ def parse_spec(spec: str) -> Tuple[str, str, Optional[str]]:
         raise ValueError(f"a dataset must be a folder path, a .txt list of image paths or "
                          f"torchvision:NAME[:split], got {spec!r}")
     if not spec.startswith("torchvision:"):
-        return ("list" if spec.endswith(".txt") else "folder"), spec, None
+        return ("list" if spec.lower().endswith(".txt") else "folder"), spec, None
     parts = spec.split(":")
     if len(parts) not in (2, 3) or parts[1] not in TORCHVISION:
         raise ValueError(f"unknown dataset {spec!r}: expected torchvision:NAME[:split] with NAME one of "
@@ -74,10 +74,11 @@ def parse_spec(spec: str) -> Tuple[str, str, Optional[str]]:
 
 
 def _list_folder(root: str) -> Tuple[List[Tuple[str, int]], List[str]]:
-    """(file, class index) pairs of an ImageFolder tree (images at any depth below each
-    class folder), sorted; the class names."""
+    """(absolute file path, class index) pairs of an ImageFolder tree (images at any depth
+    below each class folder), sorted; the class names."""
     if not os.path.isdir(root):
         raise FileNotFoundError(f"no such dataset folder: {root}")
+    root = os.path.abspath(root)
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
     if not classes:
         raise ValueError(f"{root} has no class folders (expected ROOT/<class>/<image files>)")
@@ -99,7 +100,7 @@ def _list_file(path: str) -> Tuple[List[Tuple[str, int]], List[str]]:
         raise FileNotFoundError(f"no such image list: {path}")
     base = os.path.dirname(os.path.abspath(path))
     with open(path) as f:
-        files = [line.rstrip("\n") for line in f if line.strip()]
+        files = [line.rstrip("\r\n") for line in f if line.strip()]
     if not files:
         raise ValueError(f"{path} lists no images")
     items = [(p if os.path.isabs(p) else os.path.join(base, p), -1) for p in files]
@@ -172,7 +173,11 @@ def load_images(spec: str, size: int, *, cache_dir: Optional[str] = None, skip_b
         cache = os.path.join(cache_dir, "images", f"{os.path.basename(os.path.normpath(name))}-{size}px-{key}.pt")
         if os.path.exists(cache):
             d = torch.load(cache, weights_only=True)
-            return ImageSet(d["images"], d["labels"], list(d["classes"]), list(d["paths"]))
+            paths = list(d["paths"])
+            if len(paths) == len(items):  # the files as listed now (absolute), whoever decoded them
+                paths = [p for p, _ in items]
+            if all(os.path.isabs(p) for p in paths):
+                return ImageSet(d["images"], d["labels"], list(d["classes"]), paths)
         images, labels, paths = _decode(items, size, skip_bad, Image.open, f"decoding {name}")
         _save_atomic(dict(images=images, labels=labels, classes=classes, paths=paths), cache)
         return ImageSet(images, labels, classes, paths)

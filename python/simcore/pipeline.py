@@ -38,7 +38,9 @@ import torch
 from .data import list_items, parse_spec
 
 STAGES = ("pretrain", "extract", "centroids", "select", "retrain", "baseline", "eval", "report")
+STAGE_FOLDERS = {s: ("features" if s == "extract" else s) for s in STAGES}
 FORMAT = "simcore.run/1"
+SELF_VALIDATING = ("eval",)  # keeps one result file per encoder, each valid for its checkpoint
 
 
 @dataclass
@@ -63,8 +65,9 @@ class RunConfig:
     openset_groups: Optional[str] = None  # TSV folder -> group (measuring only, never selecting)
     linear_epochs: int = 100
     feature_dtype: str = "float16"
-    device: Optional[str] = None  # selection device (default: CUDA if available)
+    device: Optional[str] = None  # extraction, selection, evaluation (default: CUDA if available)
     amp: str = "auto"
+    skip_bad_images: bool = False
     workers: int = -1
     cache_dir: Optional[str] = None
     method_options: dict = field(default_factory=dict)
@@ -76,40 +79,92 @@ class RunConfig:
                            steps=steps, warmup_steps=warmup_steps, batch_size=self.batch_size, lr=self.lr,
                            warmup_epochs=min(self.warmup_epochs, self.epochs), image_size=self.image_size,
                            seed=self.seed, amp=self.amp, workers=self.workers, cache_dir=self.cache_dir,
-                           method_options=dict(self.method_options))
+                           skip_bad_images=self.skip_bad_images, method_options=dict(self.method_options))
 
     def check(self) -> "RunConfig":
         """Every argument and path, before any work (one-line errors)."""
-        from simcore_ext.checks import check_int, check_tau
-        for spec in [self.target] + list(self.openset) + ([self.test] if self.test else []):
-            _check_data(spec)
+        from simcore_ext.checks import check_int, check_tau, resolve_budget
         if not self.openset:
             raise ValueError("give at least one --openset")
+        for spec in [self.target] + list(self.openset) + ([self.test] if self.test else []):
+            _check_data(spec)
+        for spec in self.openset:
+            if parse_spec(spec)[0] == "torchvision":
+                raise ValueError(f"--openset {spec}: the open-set must be image files (a folder or a .txt "
+                                 "list): the coreset is trained on as a list of its files")
         check_int(self.k, "k", 1)
         check_int(self.patience, "patience", 1)
+        check_int(self.linear_epochs, "linear_epochs", 1)
         check_tau(self.tau)
         if self.budget is not None:
-            from simcore_ext.checks import resolve_budget
-            resolve_budget(self.budget, 10**12, 1)  # type and range; the size is known later
-        for name in ("linear_epochs",):
-            check_int(getattr(self, name), name, 1)
+            resolve_budget(self.budget, sum(_count(s) for s in self.openset), 1)
         if self.feature_dtype not in ("float16", "float32"):
             raise ValueError(f"feature_dtype must be float16 or float32, got {self.feature_dtype!r}")
-        if self.openset_groups is not None and not os.path.isfile(self.openset_groups):
-            raise FileNotFoundError(f"no such open-set groups file: {self.openset_groups}")
-        if os.path.exists(self.out) and not os.path.isdir(self.out):
-            raise FileExistsError(f"--out {self.out} is a file, not a run folder")
+        if self.openset_groups is not None:
+            if not os.path.isfile(self.openset_groups):
+                raise FileNotFoundError(f"no such open-set groups file: {self.openset_groups}")
+            from .report import read_groups
+            read_groups(self.openset_groups)
         if self.device is not None:
-            torch.device(self.device)  # raises on a malformed name
+            _check_device(self.device)
         self.train_config([self.target], os.path.join(self.out, "pretrain")).check()
         kind = parse_spec(self.target)[0]
-        if self.test is not None and kind == "list":
-            raise ValueError(f"--test needs a labelled target (an ImageFolder tree), not the list {self.target}")
+        if self.test is not None:
+            if kind == "list":
+                raise ValueError(f"--test needs a labelled target (an ImageFolder tree), not the list {self.target}")
+            tkind = parse_spec(self.test)[0]
+            if tkind == "list":
+                raise ValueError(f"--test needs labelled images (an ImageFolder tree), not the list {self.test}")
+            if kind == tkind == "folder":
+                a, b = list_items(kind, self.target)[1], list_items(tkind, self.test)[1]
+                if a != b:
+                    raise ValueError(f"--target and --test have different classes: {a} vs {b}")
         if kind != "torchvision":
-            n = len(list_items(kind, self.target)[0])
+            n = _count(self.target)
             if n < self.batch_size:
                 raise ValueError(f"batch_size {self.batch_size} is larger than the {n} target images")
+        self._check_out()
         return self
+
+    def _check_out(self) -> None:
+        out = os.path.abspath(self.out)
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise FileExistsError(f"--out {self.out} is a file, not a run folder")
+        for spec in [self.target] + list(self.openset) + ([self.test] if self.test else []):
+            kind, name, _ = parse_spec(spec)
+            root = os.path.abspath(name if kind == "folder" else os.path.dirname(os.path.abspath(name)))
+            if kind != "torchvision" and (out == root or out.startswith(root + os.sep)):
+                raise ValueError(f"--out {self.out} lies inside the data folder {name}: its files would "
+                                 "become data")
+        if os.path.isdir(out) and not os.path.exists(os.path.join(out, "manifest.json")):
+            mine = sorted(set(STAGE_FOLDERS.values()) & set(os.listdir(out)))
+            if mine:
+                raise FileExistsError(f"--out {self.out} holds {', '.join(mine)} but no manifest.json: not a "
+                                      "simcore run folder (a run would replace them); choose another --out")
+        parent = out
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise PermissionError(f"--out {self.out}: {parent} is not writable")
+
+
+def _count(spec: str) -> int:
+    kind, name, _ = parse_spec(spec)
+    return len(list_items(kind, name)[0]) if kind != "torchvision" else 0
+
+
+def _check_device(name: str) -> None:
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device (cpu, cuda, cuda:1, ...)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: no CUDA GPU is available here")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s)")
+    elif dev.type != "cpu":
+        raise ValueError(f"--device {name}: expected cpu or cuda[:N]")
 
 
 def _check_data(spec: str) -> None:
@@ -150,43 +205,28 @@ def _write_lines(lines, path: str) -> None:
 
 
 class RunLock:
-    """RUN/.lock holds the pid of the `simcore run` using the folder; a lock whose process
-    is gone (killed) is taken over."""
+    """An exclusive flock on RUN/.lock for the whole run: the kernel drops it when the
+    process dies, even by kill -9, so a killed run never blocks the folder. The file holds
+    the holder's pid, for the message only."""
 
     def __init__(self, folder: str):
         self.path = os.path.join(folder, ".lock")
 
     def __enter__(self):
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                try:
-                    pid = int(open(self.path).read().strip() or 0)
-                except (OSError, ValueError):
-                    pid = 0
-                if pid and pid != os.getpid() and _alive(pid):
-                    raise FileExistsError(f"another simcore run (pid {pid}) is using {os.path.dirname(self.path)}")
-                os.unlink(self.path)
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(str(os.getpid()))
-            return self
-        raise FileExistsError(f"cannot lock {self.path}")
+        import fcntl
+        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(self.fd)
+            raise FileExistsError(f"another simcore run (pid {holder}) is using {os.path.dirname(self.path)}") from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, str(os.getpid()).encode(), 0)
+        return self
 
     def __exit__(self, *exc):
-        if os.path.exists(self.path):
-            os.unlink(self.path)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        os.close(self.fd)  # releases the lock; the file stays (removing it would race a waiter)
 
 
 class Run:
@@ -196,14 +236,20 @@ class Run:
         self.cfg, self.progress, self.log = cfg, progress, log
         self.out = cfg.out
         self.manifest_path = os.path.join(self.out, "manifest.json")
-        self.manifest = {"format": FORMAT, "stages": {}}
-        if os.path.exists(self.manifest_path):
+        self.manifest = self._load_manifest()
+        self.fingerprints: Dict[str, object] = {}
+
+    def _load_manifest(self) -> dict:
+        if not os.path.exists(self.manifest_path):
+            return {"format": FORMAT, "stages": {}}
+        try:
             with open(self.manifest_path) as f:
                 saved = json.load(f)
-            if saved.get("format") != FORMAT:
-                raise ValueError(f"{self.manifest_path} is not a simcore run manifest ({saved.get('format')!r})")
-            self.manifest = saved
-        self.fingerprints: Dict[str, object] = {}
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{self.manifest_path} is unreadable ({e}); move the run folder aside") from None
+        if not isinstance(saved, dict) or saved.get("format") != FORMAT:
+            raise ValueError(f"{self.manifest_path} is not a simcore run manifest")
+        return saved
 
     # -- bookkeeping ---------------------------------------------------------------------
     def path(self, *parts) -> str:
@@ -221,15 +267,17 @@ class Run:
         c = self.cfg
         train = dict(method=c.method, arch=c.arch, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
                      warmup_epochs=c.warmup_epochs, image_size=c.image_size, seed=c.seed, amp=c.amp,
-                     method_options=c.method_options)
+                     method_options=c.method_options, skip_bad_images=c.skip_bad_images)
         specs = {
             "pretrain": (train, dict(target=self.fingerprints["target"]), []),
-            "extract": (dict(dtype=c.feature_dtype), dict(target=self.fingerprints["target"],
+            "extract": (dict(dtype=c.feature_dtype, skip_bad_images=c.skip_bad_images), dict(target=self.fingerprints["target"],
                                                           openset=self.fingerprints["openset"]), ["pretrain"]),
             "centroids": (dict(k=c.k, seed=c.seed), {}, ["extract"]),
             "select": (dict(budget=c.budget, tau=c.tau, patience=c.patience), {}, ["centroids"]),
             "retrain": (train, {}, ["pretrain", "select"]),
-            "baseline": (dict(train, random_seed=c.seed), {}, ["pretrain", "select"]),
+            "baseline": (dict(train, random_seed=c.seed),  # needs the coreset's size, not its items
+                         dict(target=self.fingerprints["target"], openset=self.fingerprints["openset"], items=self.stage_record("select").get("items"),
+                              steps=self.stage_record("pretrain").get("steps")), []),
             "eval": (dict(linear_epochs=c.linear_epochs, seed=c.seed),
                      dict(test=self.fingerprints.get("test")), ["pretrain", "retrain", "baseline"]),
             "report": (dict(groups=self.fingerprints.get("groups")), {}, ["select", "eval", "baseline"]),
@@ -245,6 +293,23 @@ class Run:
             return self.cfg.test is not None
         return True
 
+    def _stamp(self, outputs: List[str]) -> str:
+        """What later stages key on: the outputs' content (files up to 256 MB; larger
+        ones, e.g. features, by size and mtime), so a re-run with identical results (the
+        same coreset, say) does not re-run what follows."""
+        h = hashlib.sha1(b"simcore-stamp")
+        for rel in sorted(outputs):
+            p = self.path(rel)
+            st = os.stat(p)
+            if st.st_size > 256 << 20:
+                h.update(f"{rel}|{st.st_size}|{st.st_mtime_ns}".encode())
+                continue
+            h.update(rel.encode())
+            with open(p, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+        return h.hexdigest()[:16]
+
     def outputs_present(self, rec: dict) -> bool:
         return all(os.path.exists(self.path(p)) for p in rec.get("outputs", []))
 
@@ -254,6 +319,7 @@ class Run:
             raise ValueError(f"unknown stage {from_stage!r}: expected one of {', '.join(STAGES)}")
         os.makedirs(self.out, exist_ok=True)
         with RunLock(self.out):
+            self.manifest = self._load_manifest()  # as the last holder left it
             t0 = time.perf_counter()
             self.log(f"simcore run -> {self.out}")
             self.fingerprints = dict(target=fingerprint(self.cfg.target),
@@ -263,13 +329,18 @@ class Run:
             if self.cfg.openset_groups:
                 with open(self.cfg.openset_groups, "rb") as f:
                     self.fingerprints["groups"] = hashlib.sha1(f.read()).hexdigest()
-            forced = False
+            carry = False  # --from-stage names a disabled stage: force the next enabled one
             for stage in STAGES:
-                forced = forced or stage == from_stage
+                forced = carry or stage == from_stage
                 if not self.enabled(stage):
-                    self.manifest["stages"].pop(stage, None)
+                    carry = forced
+                    if self.manifest["stages"].pop(stage, None) is not None:
+                        self._save_manifest()
+                    if os.path.exists(self.path(STAGE_FOLDERS[stage])):
+                        shutil.rmtree(self.path(STAGE_FOLDERS[stage]))  # nothing may read a stale one
                     continue
-                self._stage(stage, forced)
+                carry = False
+                self._stage(stage, forced)  # later stages follow through the stamps
             self.log(f"done in {time.perf_counter() - t0:.1f} s: {self.path('report', 'report.md')}")
         return self.manifest
 
@@ -279,9 +350,9 @@ class Run:
         if not forced and rec.get("status") == "done" and rec.get("key") == key and self.outputs_present(rec):
             self.log(f"[{stage}] up to date (skipped)")
             return
-        folder = self.path(stage if stage != "extract" else "features")
+        folder = self.path(STAGE_FOLDERS[stage])
         resume = not forced and rec.get("status") == "running" and rec.get("key") == key
-        if not resume and os.path.exists(folder):
+        if not resume and os.path.exists(folder) and stage not in SELF_VALIDATING:
             shutil.rmtree(folder)  # another key, or forced: nothing of it may be trusted
         os.makedirs(folder, exist_ok=True)
         self.manifest["stages"][stage] = dict(status="running", key=key, started=time.time())
@@ -291,7 +362,8 @@ class Run:
         info = getattr(self, f"stage_{stage}")() or {}
         seconds = time.perf_counter() - t0
         outputs = info.pop("outputs")
-        self.manifest["stages"][stage] = dict(status="done", key=key, stamp=_hash([key, time.time_ns()]),
+        identity = info.pop("identity", outputs)  # the outputs that say what the result is
+        self.manifest["stages"][stage] = dict(status="done", key=key, stamp=self._stamp(identity),
                                               seconds=round(seconds, 2), outputs=outputs, **info)
         self._save_manifest()
         self.log(f"[{stage}] done in {seconds:.1f} s")
@@ -321,7 +393,8 @@ class Run:
         for spec, out in zip([self.cfg.target] + list(self.cfg.openset), outs):
             if not os.path.exists(self.path(out)):  # a finished part of an interrupted stage stays
                 extract(ckpt, spec, self.path(out), dtype=self.cfg.feature_dtype, device=self.cfg.device,
-                        cache_dir=self.cfg.cache_dir, progress=self.progress, workers=self.cfg.workers)
+                        cache_dir=self.cfg.cache_dir, skip_bad=self.cfg.skip_bad_images,
+                        progress=self.progress, workers=self.cfg.workers)
         rows = [int(np.load(self.path(o), mmap_mode="r").shape[0]) for o in outs]
         return dict(outputs=outs + [o[:-4] + ".paths.txt" for o in outs], rows=rows)
 
@@ -355,13 +428,14 @@ class Run:
                            progress=self.progress)
         r.save(self.path("select", "coreset.npz"))
         paths = self.openset_paths()
-        _write_lines([paths[i] for i in r.indices.tolist()], self.path("select", "coreset.txt"))
+        _write_lines([os.path.abspath(paths[i]) for i in r.indices.tolist()], self.path("select", "coreset.txt"))
         summary = dict(items=len(r), openset=N, rounds=r.rounds, stop_reason=r.stop_reason,
                        threshold=r.threshold, select_seconds=r.stats["seconds"], device=r.params.get("device"))
         _write_json(summary, self.path("select", "selection.json"))
         self.log(f"[select] {len(r)} of {N} open-set images in {r.rounds} rounds ({r.stop_reason}), "
                  f"{r.stats['seconds']:.2f} s")
-        return dict(outputs=["select/coreset.npz", "select/coreset.txt", "select/selection.json"], **summary)
+        return dict(outputs=["select/coreset.npz", "select/coreset.txt", "select/selection.json"],
+                    identity=["select/coreset.txt"], **summary)
 
     def _steps(self) -> dict:
         rec = self.stage_record("pretrain")
@@ -377,39 +451,57 @@ class Run:
         paths = self.openset_paths()
         rng = np.random.default_rng(self.cfg.seed)
         pick = np.sort(rng.choice(len(paths), size=size, replace=False))
-        _write_lines([paths[i] for i in pick.tolist()], self.path("baseline", "random.txt"))
-        np.save(self.path("baseline", "random_indices.npy"), pick)
+        _write_lines([os.path.abspath(paths[i]) for i in pick.tolist()], self.path("baseline", "random.txt"))
+        from simcore_ext.result import atomic_write
+        atomic_write(self.path("baseline", "random_indices.npy"), lambda f: np.save(f, pick))
         info = self._pretrain([self.cfg.target, self.path("baseline", "random.txt")], "baseline", **self._steps())
-        info["outputs"].append("baseline/random.txt")
+        info["outputs"] += ["baseline/random.txt", "baseline/random_indices.npy"]
         info.update(self._steps())
         return info
 
     def models(self) -> Dict[str, str]:
-        """Evaluated encoders: label -> checkpoint (relative to the run folder)."""
-        m = {"X": "pretrain/checkpoint.pt"}
+        """Evaluated encoders: label -> the stage that trained it."""
+        m = {"X": "pretrain"}
         if self.enabled("baseline"):
-            m["X + random"] = "baseline/checkpoint.pt"
-        m["X + SimCore"] = "retrain/checkpoint.pt"
+            m["X + random"] = "baseline"
+        m["X + SimCore"] = "retrain"
         return m
 
     def stage_eval(self) -> dict:
+        """Each encoder's accuracies go to eval/<stage>.json with the key they were computed
+        under (its checkpoint's stamp, the test data, the probe's settings): a re-run
+        evaluates only the encoders that changed, and an interrupted one resumes."""
         from .evaluate import knn, linear_probe
         from .extract import FeatureSource, features_of, load_backbone
         dev = torch.device(self.cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        train = FeatureSource(self.cfg.target, self.cfg.image_size, self.cfg.cache_dir, workers=self.cfg.workers)
-        test = FeatureSource(self.cfg.test, self.cfg.image_size, self.cfg.cache_dir, workers=self.cfg.workers)
-        if train.classes != test.classes:
-            raise ValueError(f"target and test have different classes: {train.classes} vs {test.classes}")
-        ytr, yte = train.labels(), test.labels()
+        sets = None
         results = {}
-        for label, ckpt in self.models().items():
-            backbone, _ = load_backbone(self.path(ckpt), dev)
-            ftr, fte = features_of(backbone, train), features_of(backbone, test)
+        for label, stage in self.models().items():
+            key = _hash(dict(stamp=self.stage_record(stage)["stamp"], target=self.fingerprints["target"],
+                             test=self.fingerprints["test"], linear_epochs=self.cfg.linear_epochs, seed=self.cfg.seed))
+            path = self.path("eval", f"{stage}.json")
+            if os.path.exists(path):
+                with open(path) as f:
+                    saved = json.load(f)
+                if saved.get("key") == key:
+                    results[label] = saved["results"]
+                    continue
+            if sets is None:
+                sets = [FeatureSource(x, self.cfg.image_size, self.cfg.cache_dir, self.cfg.skip_bad_images,
+                                      self.cfg.workers) for x in (self.cfg.target, self.cfg.test)]
+                if sets[0].classes != sets[1].classes:
+                    raise ValueError(f"target and test have different classes: {sets[0].classes} vs {sets[1].classes}")
+                ytr, yte = sets[0].labels(), sets[1].labels()
+            backbone, _ = load_backbone(self.path(stage, "checkpoint.pt"), dev)
+            ftr, fte = features_of(backbone, sets[0]), features_of(backbone, sets[1])
             k = knn(ftr, ytr, fte, yte)
             lin = linear_probe(ftr, ytr, fte, yte, epochs=self.cfg.linear_epochs, seed=self.cfg.seed)
             results[label] = dict(linear=lin["top1"], linear_mean_per_class=lin["mean_per_class"],
                                   knn20=k[20], knn200=k[200])
+            _write_json(dict(key=key, results=results[label]), path)
             self.log(f"[eval] {label}: linear {lin['top1']:.1f}%, kNN(20) {k[20]:.1f}%, kNN(200) {k[200]:.1f}%")
+        for stale in set(os.listdir(self.path("eval"))) - {f"{s}.json" for s in self.models().values()} - {"eval.json"}:
+            os.remove(self.path("eval", stale))
         _write_json(results, self.path("eval", "eval.json"))
         return dict(outputs=["eval/eval.json"], results=results)
 

@@ -44,9 +44,8 @@ def read_groups(path: str) -> Dict[str, str]:
 
 def random_indices(run, size: int, n: int) -> np.ndarray:
     """The baseline's random subset if it ran, else a draw of the same size (seeded)."""
-    p = run.path("baseline", "random_indices.npy")
-    if os.path.exists(p):
-        return np.load(p)
+    if run.enabled("baseline") and run.stage_record("baseline").get("status") == "done":
+        return np.load(run.path("baseline", "random_indices.npy"))
     return np.sort(np.random.default_rng(run.cfg.seed).choice(n, size=size, replace=False))
 
 
