@@ -67,7 +67,7 @@ def round_scores(scores: Sequence[float], sizes: Sequence[int], threshold: Optio
     ax2 = ax.twinx()
     ax2.plot(t, np.cumsum(sizes), color="#4d4d4d", lw=0.8, alpha=0.5)
     ax2.set_ylabel("items selected", color="#4d4d4d")
-    ax.legend(loc="lower left", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     ax.set_title("SimCore rounds")
     return _save(fig, path)
 
