@@ -6,13 +6,15 @@
 #   2. runs the CUDA tests against the float64 reference and the CPU kernels,
 #   3. benchmarks masked_topk on the GPU (benchmarks/test_gpu.py; 41 GB of GPU memory and
 #      41 GB of pinned host memory at the default GPU_BENCH_N=10000000),
-#   4. prints the markdown table last and writes it, the log and the JSON to ${OUT}.
-# Stages to run: GPU_CHECK_STAGES (default "build test bench sanitize").
+#   4. prints the markdown table last and writes it, the log and the JSON to ${OUT},
+#   5. runs `simcore demo` (the whole pipeline on generated images) on the GPU, timed,
+#   6. runs compute-sanitizer on a few small cases.
+# Stages to run: GPU_CHECK_STAGES (default "build test bench pipeline sanitize").
 set -uo pipefail
 repo="$PWD"
 out="${OUT:-$repo/gpu_check_out}"
 mkdir -p "$out"
-stages="${GPU_CHECK_STAGES:-build test bench sanitize}"
+stages="${GPU_CHECK_STAGES:-build test bench pipeline sanitize}"
 py="${PYTHON:-python3}"
 export PYTHONUNBUFFERED=1 SIMCORE_CUDA=ON TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-8.0;9.0a}"
 stamp() { echo "== $(date -u +%T) $*"; }
@@ -47,6 +49,13 @@ status=0
       --benchmark-json="$out/gpu.json" --benchmark-columns=median,min,max,rounds || status=1
     stamp "table"
     "$py" benchmarks/gpu_report.py "$out/gpu.json" --out "$out/gpu_table.md" || status=1
+  fi
+  if [[ " $stages " == *" pipeline "* ]]; then
+    stamp "simcore demo on the GPU (pretrain, extract, select, retrain x2, eval, report)"
+    rm -rf "$out/demo"
+    t0=$SECONDS
+    "$py" -P -m simcore demo --out "$out/demo" --quiet || status=1
+    echo "demo wall $((SECONDS - t0)) s"
   fi
   if [[ " $stages " == *" sanitize "* ]] && command -v compute-sanitizer > /dev/null; then
     stamp "compute-sanitizer (memcheck, racecheck) on small cases"
