@@ -203,6 +203,55 @@ def retrieval_ablation(args, seed, work, x_dir, openset_dir, folder_of, group_of
     return out
 
 
+def supervised_retrieval(args, seed, work, x_dir, openset_dir, train, folder_of, group_of):
+    """Analysis, not a paper row: SimCore (1%) precision when the retrieval encoder is
+    trained with X's labels (cross-entropy, 30 epochs, crop + flip), an upper reference for
+    what a discriminative encoder lets the same sampler do. Open-set labels are still never
+    seen. Cached."""
+    path = os.path.join(work, "retrieval_supervised.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    from simcore.augment import Augment, augment
+    from simcore.checkpoint import save_checkpoint
+    from simcore.models import build_backbone
+    ckpt = os.path.join(work, "supervised", "checkpoint.pt")
+    if not os.path.exists(ckpt):
+        torch.manual_seed(seed)
+        backbone = build_backbone(args.arch, small_images=True)
+        head = torch.nn.Linear(backbone.feature_dim, len(train.classes))
+        params = list(backbone.parameters()) + list(head.parameters())
+        opt = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
+        epochs, bs, n = 30, 128, len(train)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, 0.1, total_steps=epochs * (n // bs))
+        aug = Augment(size=32, scale=(0.35, 1.0), jitter_p=0.0, gray_p=0.0)
+        g = torch.Generator().manual_seed(seed)
+        backbone.train()
+        for _ in range(epochs):
+            order = torch.randperm(n, generator=g)
+            for a in range(0, n - bs + 1, bs):
+                i = order[a:a + bs]
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    loss = F.cross_entropy(head(backbone(augment(train.images[i], aug, g))).float(), train.labels[i])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+        save_checkpoint(ckpt, model={f"backbone.{k}": v for k, v in backbone.state_dict().items()},
+                        config=dict(arch=args.arch, image_size=32))
+    feats = {}
+    for name, data in (("X", x_dir), ("U", openset_dir)):
+        out = os.path.join(work, f"features-sup-{name}.npy")
+        if not os.path.exists(out):
+            extract(ckpt, data, out, dtype="float32", cache_dir=args.cache_dir, progress=False)
+        feats[name] = np.load(out, mmap_mode="r")
+    r = select_coreset(feats["X"], os.path.join(work, "features-sup-U.npy"), k=args.k, budget=0.01, tau=None,
+                       seed=seed, progress=False)
+    out = precision(r.indices.numpy(), folder_of, group_of)
+    _write_json(out, path)
+    return out
+
+
 def plots(results, coresets, prefix):
     from simcore.plots import accuracy_bars, composition_bars
     bars = {}
