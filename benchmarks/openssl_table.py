@@ -278,6 +278,8 @@ def main():
     ap.add_argument("--lr", type=float, default=0.3)
     ap.add_argument("--k", type=int, default=100, help="SimCore centroids")
     ap.add_argument("--rows", nargs="+", default=None, help="only these rows (default: all)")
+    ap.add_argument("--analysis-seeds", type=int, nargs="*", default=[0],
+                    help="seeds of the retrieval-encoder analysis (X+OS and supervised-on-X encoders)")
     ap.add_argument("--work-dir", default=os.path.expanduser("~/.cache/simcore/openssl_table"))
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--out", default=os.path.join(RESULTS, "openssl_table"), help="output prefix")
@@ -315,19 +317,21 @@ def main():
                                   "info": coresets[str(seed)]["info"]}), flush=True)
     mine = {k: v for k, v in results.items() if k.endswith(f"/{args.steps}") and v["seed"] in args.seeds}
     md = table(mine, coresets, args)
-    ablation = {}
-    if args.rows is None:
-        for seed in args.seeds:
-            a = retrieval_ablation(args, seed, os.path.join(args.work_dir, f"seed{seed}"), x_dir, openset_dir,
-                                   folder_of, group_of)
-            if a is not None:
-                ablation[str(seed)] = a
-    if ablation:
-        v = [a["precision"] for a in ablation.values()]
-        md += (f"\nAnalysis (not a paper row): SimCore (1%) with the X+OS row's encoder as the retrieval "
-               f"encoder: precision {statistics.mean(v):.1f} ± {statistics.stdev(v) if len(v) > 1 else 0:.1f}% "
-               f"(target-class {statistics.mean(a['target-class'] for a in ablation.values()):.1f}%, "
-               f"dog {statistics.mean(a['dog'] for a in ablation.values()):.1f}%), seeds {sorted(ablation)}.")
+    ablation = {"X+OS encoder": {}, "supervised-on-X encoder": {}}
+    for seed in args.analysis_seeds:
+        work = os.path.join(args.work_dir, f"seed{seed}")
+        a = retrieval_ablation(args, seed, work, x_dir, openset_dir, folder_of, group_of)
+        if a is not None:
+            ablation["X+OS encoder"][str(seed)] = a
+        ablation["supervised-on-X encoder"][str(seed)] = supervised_retrieval(
+            args, seed, work, x_dir, openset_dir, train, folder_of, group_of)
+    for name, per in ablation.items():
+        if per:
+            v = [a["precision"] for a in per.values()]
+            md += (f"\nAnalysis (not a paper row): SimCore (1%) with the {name} as the retrieval encoder: "
+                   f"precision {statistics.mean(v):.1f}% (target-class "
+                   f"{statistics.mean(a['target-class'] for a in per.values()):.1f}%, dog "
+                   f"{statistics.mean(a['dog'] for a in per.values()):.1f}%), seed(s) {', '.join(sorted(per))}.")
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     print(md)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
