@@ -10,7 +10,9 @@ is the X row's encoder (pretrained on X alone, as in the paper); centroids and s
 see features only, never the open-set folders. Each encoder is scored on dogs/test by
 weighted kNN (k = 20, 200) and a linear probe fit on dogs/train; each sampler by its
 selection precision: the share of its coreset in the `target-class` and `dog` groups of
-openset_classes.tsv. A reference sampler runs SimCore on raw 8x8 pixels.
+openset_classes.tsv. A reference sampler runs SimCore on raw 8x8 pixels, and an analysis
+(--analysis-seeds) measures the 1% selection's precision with two other retrieval encoders:
+the X+OS row's, and one trained with X's labels.
 
 Runs are resumable: every finished (row, seed) lands in WORK_DIR/results.json, and
 interrupted pretrainings resume from their last epoch. Writes benchmarks/results/
