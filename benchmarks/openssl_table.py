@@ -182,6 +182,22 @@ def table(results, coresets, args):
     return "\n".join(lines)
 
 
+def _precision_with(args, seed, work, ckpt, tag, x_dir, openset_dir, folder_of, group_of, path):
+    """SimCore (1%) precision with checkpoint `ckpt` as the retrieval encoder (features
+    cached as WORK/features-TAG-{X,U}.npy), written to `path`."""
+    feats = {}
+    for name, data in (("X", x_dir), ("U", openset_dir)):
+        out = os.path.join(work, f"features-{tag}-{name}.npy")
+        if not os.path.exists(out):
+            extract(ckpt, data, out, dtype="float32", cache_dir=args.cache_dir, progress=False)
+        feats[name] = np.load(out, mmap_mode="r")
+    r = select_coreset(feats["X"], os.path.join(work, f"features-{tag}-U.npy"), k=args.k, budget=0.01, tau=None,
+                       seed=seed, progress=False)
+    out = precision(r.indices.numpy(), folder_of, group_of)
+    _write_json(out, path)
+    return out
+
+
 def retrieval_ablation(args, seed, work, x_dir, openset_dir, folder_of, group_of):
     """Analysis, not a paper row: SimCore (1%) precision when the retrieval encoder is the
     X+OS row's encoder (same steps, 52k images) instead of the X row's. Cached."""
@@ -192,17 +208,7 @@ def retrieval_ablation(args, seed, work, x_dir, openset_dir, folder_of, group_of
             return json.load(f)
     if not os.path.exists(ckpt):
         return None
-    feats = {}
-    for name, data in (("X", x_dir), ("U", openset_dir)):
-        out = os.path.join(work, f"features-xos-{name}.npy")
-        if not os.path.exists(out):
-            extract(ckpt, data, out, dtype="float32", cache_dir=args.cache_dir, progress=False)
-        feats[name] = np.load(out, mmap_mode="r")
-    r = select_coreset(feats["X"], os.path.join(work, "features-xos-U.npy"), k=args.k, budget=0.01, tau=None,
-                       seed=seed, progress=False)
-    out = precision(r.indices.numpy(), folder_of, group_of)
-    _write_json(out, path)
-    return out
+    return _precision_with(args, seed, work, ckpt, "xos", x_dir, openset_dir, folder_of, group_of, path)
 
 
 def supervised_retrieval(args, seed, work, x_dir, openset_dir, train, folder_of, group_of):
@@ -241,17 +247,7 @@ def supervised_retrieval(args, seed, work, x_dir, openset_dir, train, folder_of,
                 sched.step()
         save_checkpoint(ckpt, model={f"backbone.{k}": v for k, v in backbone.state_dict().items()},
                         config=dict(arch=args.arch, image_size=32))
-    feats = {}
-    for name, data in (("X", x_dir), ("U", openset_dir)):
-        out = os.path.join(work, f"features-sup-{name}.npy")
-        if not os.path.exists(out):
-            extract(ckpt, data, out, dtype="float32", cache_dir=args.cache_dir, progress=False)
-        feats[name] = np.load(out, mmap_mode="r")
-    r = select_coreset(feats["X"], os.path.join(work, "features-sup-U.npy"), k=args.k, budget=0.01, tau=None,
-                       seed=seed, progress=False)
-    out = precision(r.indices.numpy(), folder_of, group_of)
-    _write_json(out, path)
-    return out
+    return _precision_with(args, seed, work, ckpt, "sup", x_dir, openset_dir, folder_of, group_of, path)
 
 
 def plots(results, coresets, prefix):

@@ -8,20 +8,11 @@ import torch
 
 
 def save_atomic(obj, path: str) -> None:
-    """torch.save to a temporary file, flushed to disk, then renamed over `path`; the
-    temporary file is removed if anything fails (Ctrl-C included)."""
+    """torch.save through simcore_ext's atomic_write: a temporary file, flushed to disk,
+    renamed over `path`, removed if anything fails (Ctrl-C included)."""
+    from simcore_ext.result import atomic_write
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def save_checkpoint(path: str, **state) -> None:
