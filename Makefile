@@ -15,10 +15,17 @@ STAMP := $(VENV)/.deps-$(TORCH_VERSION)-$(TORCHVISION_VERSION)
 
 .PHONY: demo test bench install deps clean
 
+# torch's CUDA wheels fill ~5.6 GB: say so up front rather than through pip's ENOSPC (0: no check)
+MIN_FREE_MB ?= 5800
+
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
+	@free=$$(df -Pm $(VENV) | awk 'NR==2 {print $$4}'); \
+	if [ "$$free" -lt "$(MIN_FREE_MB)" ]; then \
+		echo "make: torch $(TORCH_VERSION) + torchvision need about $(MIN_FREE_MB) MB in $(VENV), only $$free MB free there (MIN_FREE_MB=0 skips this check)" >&2; \
+		exit 1; fi
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install torch==$(TORCH_VERSION) torchvision==$(TORCHVISION_VERSION) \
+	$(PY) -m pip install --no-cache-dir torch==$(TORCH_VERSION) torchvision==$(TORCHVISION_VERSION) \
 		$(RUN_DEPS) $(BUILD_DEPS) $(TEST_DEPS)
 	touch $@
 

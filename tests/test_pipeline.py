@@ -99,9 +99,11 @@ def test_changed_parameter_reruns_that_stage_and_after(data, tmp_path):
     assert "[eval] X: " not in "\n".join(lines) and "[eval] X + SimCore: " in "\n".join(lines)
     _, lines = quiet(config(data, tmp_path / "run", budget=10, k=3, linear_epochs=3))
     assert ran(lines) == ["eval", "report"]
-    # the same coreset again (tau is off and the budget binds): nothing after select re-runs
+    # the same coreset again (tau is off and the budget binds): no retraining, no evaluation;
+    # the report, which prints the settings, is rewritten
     _, lines = quiet(config(data, tmp_path / "run", budget=10, k=3, linear_epochs=3, patience=5))
-    assert ran(lines) == ["select"]
+    assert ran(lines) == ["select", "report"]
+    assert "patience 5" in open(tmp_path / "run" / "report" / "report.md").read()
 
 
 def test_from_stage_forces_a_restart(data, tmp_path):
@@ -111,6 +113,8 @@ def test_from_stage_forces_a_restart(data, tmp_path):
     assert ran(lines) == ["retrain"]
     _, lines = quiet(config(data, tmp_path / "run"), from_stage="centroids")
     assert ran(lines) == ["centroids"]  # the same centroids: select need not run
+    _, lines = quiet(config(data, tmp_path / "run"), from_stage="eval")
+    assert ran(lines) == ["eval"] and sum(line.startswith("[eval] X") for line in lines) == 3
     with pytest.raises(ValueError, match="unknown stage"):
         quiet(config(data, tmp_path / "run"), from_stage="nope")
 
@@ -126,7 +130,30 @@ def test_changed_data_is_noticed(data, tmp_path):
     os.utime(p, ns=(os.stat(p).st_atime_ns, os.stat(p).st_mtime_ns + 10**9))
     assert fingerprint(str(mine / "openset")) != before
     _, lines = quiet(config(mine, tmp_path / "run", compare_random=False))
-    assert ran(lines)[0] == "extract" and "pretrain" not in ran(lines)
+    assert ran(lines)[0] == "extract" and "select" in ran(lines) and "pretrain" not in ran(lines)
+    # one open-set folder fewer: a coreset of the remaining images only
+    shutil.rmtree(mine / "openset" / "class3")
+    manifest, lines = quiet(config(mine, tmp_path / "run", compare_random=False))
+    assert ran(lines)[0] == "extract" and "select" in ran(lines)
+    assert manifest["stages"]["select"]["openset"] == 30
+    assert all("class3" not in p for p in open(tmp_path / "run" / "select" / "coreset.txt").read().splitlines())
+
+
+def test_retraining_matches_the_steps_pretraining_ran(data, tmp_path):
+    """Unreadable target images skipped: X alone trained on fewer images than listed, and
+    retraining must match the steps it really ran (31 images of batch 16: 1 per epoch)."""
+    import shutil
+    mine = tmp_path / "data"
+    shutil.copytree(data, mine)
+    for i in range(5):
+        (mine / "train" / "class0" / f"{i:03d}.png").write_bytes(b"not an image")
+    cfg = config(mine, tmp_path / "run", compare_random=False, test=None, skip_bad_images=True,
+                 cache_dir=str(tmp_path / "cache"))
+    manifest, _ = quiet(cfg)
+    assert manifest["stages"]["pretrain"]["images"] == 31
+    assert manifest["stages"]["pretrain"]["steps"] == manifest["stages"]["retrain"]["steps"] == 2
+    rows = open(tmp_path / "run" / "retrain" / "metrics.csv").read().splitlines()[1:]
+    assert len(rows) == 1  # (31 + 8) // 16 = 2 steps per epoch: both steps fit in one epoch
 
 
 def test_interrupted_stage_resumes_and_earlier_ones_are_kept(data, tmp_path, monkeypatch):
@@ -225,6 +252,11 @@ def test_out_folders_that_are_not_runs_are_refused(data, tmp_path):
     assert (foreign / "features" / "precious.npy").exists()
     with pytest.raises(ValueError, match="inside the data folder"):
         quiet(config(data, data / "openset" / "run"))
+    # a list names its files: a run folder beside it is fine
+    listed = tmp_path / "lists" / "u.txt"
+    listed.parent.mkdir()
+    listed.write_text("".join(f"{p}\n" for p in sorted((data / "openset" / "class0").iterdir())))
+    config(data, tmp_path / "lists" / "run", openset=[str(listed)]).check()
     with pytest.raises(ValueError, match="the open-set must be image files"):
         quiet(config(data, tmp_path / "r", openset=["torchvision:cifar10"]))
     with pytest.raises(ValueError, match="different classes"):
@@ -242,6 +274,7 @@ def test_without_test_or_baseline(data, tmp_path):
     (["--openset", "/nonexistent/u"], "no such dataset folder: /nonexistent/u"),
     (["--test", "/nonexistent/t"], "no such dataset folder: /nonexistent/t"),
     (["--k", "0"], "k must be"),
+    (["--seed", "-1"], "seed must be >= 0"),
     (["--tau", "1.5"], "tau"),
     (["--budget", "0"], "budget"),
     (["--arch", "vgg"], "unknown architecture"),

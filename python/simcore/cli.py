@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default=None, help="run folder (default ./simcore-demo; with "
                    "--selection-only: where to save coreset.npz, default: nowhere)")
     d.add_argument("--seed", type=int, default=0, help="data, training and k-means seed")
-    d.add_argument("--from-stage", choices=STAGES, default=None, help="restart the pipeline at this stage")
+    d.add_argument("--from-stage", choices=STAGES, default=None, help="run this stage again even if complete; later stages re-run where its result changed")
     d.add_argument("--selection-only", action="store_true",
                    help="only a selection on generated features (no images, no training; a second)")
     d.add_argument("--openset-size", type=int, default=200_000,
@@ -196,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "never used to select")
     r.add_argument("--linear-epochs", type=int, default=100)
     r.add_argument("--from-stage", choices=STAGES, default=None,
-                   help="re-run from this stage on, even if complete")
+                   help="run this stage again even if complete; later stages re-run where its result "
+                   "changed")
     r.add_argument("--device", default=None, help="device of extraction, selection and evaluation (default: "
                    "CUDA if available; training always uses the GPU when there is one)")
     r.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images (counted)")

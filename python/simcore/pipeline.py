@@ -93,6 +93,7 @@ class RunConfig:
                 raise ValueError(f"--openset {spec}: the open-set must be image files (a folder or a .txt "
                                  "list): the coreset is trained on as a list of its files")
         check_int(self.k, "k", 1)
+        check_int(self.seed, "seed", 0)
         check_int(self.patience, "patience", 1)
         check_int(self.linear_epochs, "linear_epochs", 1)
         check_tau(self.tau)
@@ -131,9 +132,9 @@ class RunConfig:
         if os.path.exists(out) and not os.path.isdir(out):
             raise FileExistsError(f"--out {self.out} is a file, not a run folder")
         for spec in [self.target] + list(self.openset) + ([self.test] if self.test else []):
-            kind, name, _ = parse_spec(spec)
-            root = os.path.abspath(name if kind == "folder" else os.path.dirname(os.path.abspath(name)))
-            if kind != "torchvision" and (out == root or out.startswith(root + os.sep)):
+            kind, name, _ = parse_spec(spec)  # a list names its files: only a folder would take in ours
+            root = os.path.abspath(name)
+            if kind == "folder" and (out == root or out.startswith(root + os.sep)):
                 raise ValueError(f"--out {self.out} lies inside the data folder {name}: its files would "
                                  "become data")
         if os.path.isdir(out) and not os.path.exists(os.path.join(out, "manifest.json")):
@@ -273,14 +274,18 @@ class Run:
             "extract": (dict(dtype=c.feature_dtype, skip_bad_images=c.skip_bad_images), dict(target=self.fingerprints["target"],
                                                           openset=self.fingerprints["openset"]), ["pretrain"]),
             "centroids": (dict(k=c.k, seed=c.seed), {}, ["extract"]),
-            "select": (dict(budget=c.budget, tau=c.tau, patience=c.patience), {}, ["centroids"]),
-            "retrain": (train, {}, ["pretrain", "select"]),
+            "select": (dict(budget=c.budget, tau=c.tau, patience=c.patience), {}, ["extract", "centroids"]),
+            # the coreset's stamp is its list of paths: the images' content comes in here
+            "retrain": (train, dict(target=self.fingerprints["target"], openset=self.fingerprints["openset"]),
+                        ["pretrain", "select"]),
             "baseline": (dict(train, random_seed=c.seed),  # needs the coreset's size, not its items
                          dict(target=self.fingerprints["target"], openset=self.fingerprints["openset"], items=self.stage_record("select").get("items"),
                               steps=self.stage_record("pretrain").get("steps")), []),
             "eval": (dict(linear_epochs=c.linear_epochs, seed=c.seed),
                      dict(test=self.fingerprints.get("test")), ["pretrain", "retrain", "baseline"]),
-            "report": (dict(groups=self.fingerprints.get("groups")), {}, ["select", "eval", "baseline"]),
+            # select's stamp covers only the coreset; its key fixes the rest of what it wrote
+            "report": (dict(groups=self.fingerprints.get("groups")), dict(select=self.stage_record("select").get("key")),
+                       ["extract", "centroids", "select", "eval", "baseline"]),
         }
         params, inputs, deps = specs[stage]
         upstream = {d: self.stage_record(d).get("stamp") for d in deps if self.enabled(d)}
@@ -352,7 +357,7 @@ class Run:
             return
         folder = self.path(STAGE_FOLDERS[stage])
         resume = not forced and rec.get("status") == "running" and rec.get("key") == key
-        if not resume and os.path.exists(folder) and stage not in SELF_VALIDATING:
+        if os.path.exists(folder) and (forced or (not resume and stage not in SELF_VALIDATING)):
             shutil.rmtree(folder)  # another key, or forced: nothing of it may be trusted
         os.makedirs(folder, exist_ok=True)
         self.manifest["stages"][stage] = dict(status="running", key=key, started=time.time())
@@ -379,11 +384,10 @@ class Run:
                     last_loss=float(rows[-1].split(",")[1]) if rows else None)
 
     def stage_pretrain(self) -> dict:
-        n = count_images(self.cfg.target, self.cfg.cache_dir)
-        steps_per_epoch = n // self.cfg.batch_size
         info = self._pretrain([self.cfg.target], "pretrain")
-        info.update(images=n, steps=self.cfg.epochs * steps_per_epoch,
-                    warmup_steps=min(self.cfg.warmup_epochs, self.cfg.epochs) * steps_per_epoch)
+        with open(self.path("pretrain", "config.json")) as f:
+            ran = json.load(f)  # the schedule as run: images counted after --skip-bad-images
+        info.update(images=ran["images"], steps=ran["total_steps"], warmup_steps=ran["resolved_warmup_steps"])
         return info
 
     def stage_extract(self) -> dict:
@@ -508,14 +512,6 @@ class Run:
     def stage_report(self) -> dict:
         from .report import write_report
         return write_report(self)
-
-
-def count_images(spec: str, cache_dir: Optional[str] = None) -> int:
-    kind, name, _ = parse_spec(spec)
-    if kind == "torchvision":
-        from .data import load_images
-        return len(load_images(spec, 32, cache_dir=cache_dir))
-    return len(list_items(kind, name)[0])
 
 
 def run(cfg: RunConfig, from_stage: Optional[str] = None, progress: bool = True, log=print) -> dict:

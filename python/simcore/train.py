@@ -224,6 +224,10 @@ def pretrain(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> L
     steps_per_epoch = n // cfg.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"batch_size {cfg.batch_size} is larger than the {n} training images")
+    total_steps = cfg.steps or cfg.epochs * steps_per_epoch
+    epochs = -(-total_steps // steps_per_epoch)
+    warmup_steps = min(total_steps, cfg.warmup_steps if cfg.warmup_steps is not None
+                       else cfg.warmup_epochs * steps_per_epoch)
     if not large:
         images = images.to(device)
     aug = Augment(size=cfg.image_size, scale=(cfg.min_crop, 1.0))
@@ -244,7 +248,9 @@ def pretrain(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> L
         start_epoch = int(state["epoch"])
     if rank == 0:
         os.makedirs(cfg.out, exist_ok=True)
-        _write_json_atomic(dict(asdict(cfg), world_size=world, device=str(device)),
+        # the schedule as run (images counted after --skip-bad-images): `simcore run` matches it
+        _write_json_atomic(dict(asdict(cfg), world_size=world, device=str(device), images=n,
+                                total_steps=total_steps, resolved_warmup_steps=warmup_steps),
                            os.path.join(cfg.out, "config.json"))
     metrics = _Metrics(os.path.join(cfg.out, "metrics.csv"), start_epoch) if rank == 0 else None
     board = _board(cfg) if rank == 0 and cfg.tensorboard else None
@@ -254,10 +260,6 @@ def pretrain(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> L
             method, device_ids=[device.index] if device.type == "cuda" else None)
     forward = torch.compile(model) if cfg.compile else model
     amp_dtype = _autocast_dtype(cfg.amp, device)
-    total_steps = cfg.steps or cfg.epochs * steps_per_epoch
-    epochs = -(-total_steps // steps_per_epoch)
-    warmup_steps = min(total_steps, cfg.warmup_steps if cfg.warmup_steps is not None
-                       else cfg.warmup_epochs * steps_per_epoch)
     per_rank = cfg.batch_size // world
     losses = []
     for epoch in range(start_epoch, epochs):
