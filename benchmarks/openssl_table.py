@@ -65,8 +65,8 @@ def _folders(paths, openset_dir):
 
 def precision(indices, folder_of, group_of):
     """Share (%) of a coreset in each group, and in GOOD_GROUPS together."""
-    groups = np.array([group_of[f] for f in folder_of[np.asarray(indices)]])
-    share = {g: 100.0 * float((groups == g).mean()) for g in sorted(set(group_of.values()))}
+    groups = np.array([group_of.get(f, "unlisted") for f in folder_of[np.asarray(indices)]])
+    share = {g: 100.0 * float((groups == g).mean()) for g in sorted(set(group_of.values()) | set(groups))}
     share["precision"] = sum(share.get(g, 0.0) for g in GOOD_GROUPS)
     return share
 
@@ -151,7 +151,7 @@ def mean_std(values):
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def table(results, coresets, args):
+def table(results, coresets, args, base_rate):
     """The markdown table: accuracy rows (mean +- std over seeds) and sampler precision."""
     fmt = lambda v: "{:.1f} ± {:.1f}".format(*mean_std(v))  # noqa: E731
     seeds = sorted({r["seed"] for r in results.values()})
@@ -172,12 +172,12 @@ def table(results, coresets, args):
     raw = [c["precision"]["raw-pixels-1%"]["precision"] for c in coresets.values()]
     lines += ["", f"Reference sampler, SimCore on raw 8x8 pixels (1%): precision {fmt(raw)}%. "
               f"Precision = share of the coreset in the open-set's `target-class` and `dog` groups "
-              f"(random: 6.4%)."]
+              f"(the whole open-set: {base_rate:.1f}%)."]
     for label in ("1%", "5%", "stop"):
         per = [c["precision"][f"simcore-{label}"] for c in coresets.values()]
-        lines.append(f"SimCore ({label}): target-class {fmt([p['target-class'] for p in per])}%, "
-                     f"dog {fmt([p['dog'] for p in per])}%, animal {fmt([p['animal'] for p in per])}%, "
-                     f"other {fmt([p['other'] for p in per])}%; "
+        lines.append(f"SimCore ({label}): " + ", ".join(
+                     f"{g} {fmt([p.get(g, 0.0) for p in per])}%" for g in ("target-class", "dog", "animal", "other"))
+                     + "; "
                      f"{statistics.mean(c['info'][f'simcore-{label}']['items'] for c in coresets.values()):,.0f} items.")
     return "\n".join(lines)
 
@@ -261,7 +261,7 @@ def plots(results, coresets, prefix):
     shares = {}
     for name in ("simcore-1%", "random-1%", "simcore-5%", "random-5%", "simcore-stop", "random-stop",
                  "raw-pixels-1%"):
-        shares[name] = {g: statistics.mean(c["precision"][name][g] for c in coresets.values())
+        shares[name] = {g: statistics.mean(c["precision"][name].get(g, 0.0) for c in coresets.values())
                         for g in ("target-class", "dog", "animal", "other")}
     composition_bars(shares, f"{prefix}_composition.png", title="coreset composition by open-set group")
 
@@ -275,7 +275,8 @@ def main():
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--lr", type=float, default=0.3)
     ap.add_argument("--k", type=int, default=100, help="SimCore centroids")
-    ap.add_argument("--rows", nargs="+", default=None, help="only these rows (default: all)")
+    ap.add_argument("--rows", nargs="+", default=None, choices=[name for name, _ in ROWS], metavar="ROW",
+                    help="only these rows (default: all); the X row always runs: it is the retrieval encoder")
     ap.add_argument("--analysis-seeds", type=int, nargs="*", default=[0],
                     help="seeds of the retrieval-encoder analysis (X+OS and supervised-on-X encoders)")
     ap.add_argument("--work-dir", default=os.path.expanduser("~/.cache/simcore/openssl_table"))
@@ -296,7 +297,7 @@ def main():
     res_path = os.path.join(args.work_dir, "results.json")
     results = json.load(open(res_path)) if os.path.exists(res_path) else {}
     coresets = {}
-    rows = [r for r in ROWS if args.rows is None or r[0] in args.rows]
+    rows = [r for r in ROWS if args.rows is None or r[0] in args.rows or r[0] == "X"]  # X first: samplers need it
     for seed in args.seeds:
         work = os.path.join(args.work_dir, f"seed{seed}")
         os.makedirs(work, exist_ok=True)
@@ -314,7 +315,7 @@ def main():
                 print(json.dumps({"seed": seed, "precision": coresets[str(seed)]["precision"],
                                   "info": coresets[str(seed)]["info"]}), flush=True)
     mine = {k: v for k, v in results.items() if k.endswith(f"/{args.steps}") and v["seed"] in args.seeds}
-    md = table(mine, coresets, args)
+    md = table(mine, coresets, args, precision(np.arange(len(folder_of)), folder_of, group_of)["precision"])
     ablation = {"X+OS encoder": {}, "supervised-on-X encoder": {}}
     for seed in args.analysis_seeds:
         work = os.path.join(args.work_dir, f"seed{seed}")
@@ -333,9 +334,10 @@ def main():
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     print(md)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + ".md", "w") as f:
+    with open(args.out + ".md.tmp", "w") as f:
         f.write(md + f"\n\nMachine: {machine}. Command: python benchmarks/openssl_table.py "
                 f"--data-dir DATA --steps {args.steps} --seeds {' '.join(map(str, args.seeds))}\n")
+    os.replace(args.out + ".md.tmp", args.out + ".md")
     _write_json(dict(args=vars(args), machine=machine, results=mine, retrieval_xos=ablation, coresets={
         s: dict(info=c["info"], precision=c["precision"]) for s, c in coresets.items()}), args.out + ".json")
     try:

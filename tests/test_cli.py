@@ -16,6 +16,9 @@ def test_selection_demo_runs_and_saves(tmp_path, capsys):
     assert "stopped (" in out and "coreset: target-class" in out
     r = CoresetResult.load(tmp_path / "coreset.npz")
     assert len(r) > 0 and r.params["n_openset"] == 20000
+    assert main(["demo", "--selection-only", "--openset-size", "-1", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--openset-size must be a positive number" in err[0]
 
 
 def test_pipeline_demo_small(tmp_path, capsys, monkeypatch):

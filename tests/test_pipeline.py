@@ -119,6 +119,19 @@ def test_from_stage_forces_a_restart(data, tmp_path):
         quiet(config(data, tmp_path / "run"), from_stage="nope")
 
 
+def test_a_report_without_plots_is_redone_once_matplotlib_is_there(data, tmp_path, monkeypatch):
+    from simcore import plots
+    if not plots.available():
+        pytest.skip("needs matplotlib")
+    monkeypatch.setattr(plots, "available", lambda: False)
+    manifest, _ = quiet(config(data, tmp_path / "run"))
+    assert manifest["stages"]["report"]["outputs"] == ["report/report.md"]
+    assert "No plots" in open(tmp_path / "run" / "report" / "report.md").read()
+    monkeypatch.undo()
+    manifest, lines = quiet(config(data, tmp_path / "run"))
+    assert ran(lines) == ["report"] and "report/rounds.png" in manifest["stages"]["report"]["outputs"]
+
+
 def test_changed_data_is_noticed(data, tmp_path):
     import shutil
     mine = tmp_path / "data"

@@ -168,3 +168,12 @@ def test_a_failure_midway_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(synthetic, "_write_png", write)
     make_demo_data(str(tmp_path / "d"), **SMALL)  # and a later call starts afresh
     assert os.listdir(tmp_path) == ["d"]
+
+
+def test_a_killed_generators_half_tree_is_removed(tmp_path):
+    dead = tmp_path / "d.tmp-999999999"  # above any pid_max: no such process
+    (dead / "train").mkdir(parents=True)
+    alive = tmp_path / f"d.tmp-{os.getpid()}x"  # not a pid suffix: left alone
+    alive.mkdir()
+    make_demo_data(str(tmp_path / "d"), seed=0, classes=2, train_per_class=1, test_per_class=1, openset_size=40)
+    assert sorted(os.listdir(tmp_path)) == sorted(["d", alive.name])

@@ -61,6 +61,8 @@ def composition(group: np.ndarray) -> str:
 
 
 def run_selection_demo(out: str | None = None, seed: int = 0, n_openset: int = 200_000, progress: bool = True) -> int:
+    if isinstance(n_openset, bool) or not isinstance(n_openset, int) or n_openset < 1:
+        raise ValueError(f"--openset-size must be a positive number of rows, got {n_openset!r}")
     t0 = time.perf_counter()
     data = make_features(seed=seed, n_openset=n_openset)
     n, d = data.target.shape

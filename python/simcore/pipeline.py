@@ -190,6 +190,11 @@ def fingerprint(spec: str) -> str:
     return h.hexdigest()
 
 
+def _plots_available() -> bool:
+    from .plots import available  # a report written without matplotlib is redone once it is there
+    return available()
+
+
 def _hash(obj) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -284,7 +289,8 @@ class Run:
             "eval": (dict(linear_epochs=c.linear_epochs, seed=c.seed),
                      dict(test=self.fingerprints.get("test")), ["pretrain", "retrain", "baseline"]),
             # select's stamp covers only the coreset; its key fixes the rest of what it wrote
-            "report": (dict(groups=self.fingerprints.get("groups")), dict(select=self.stage_record("select").get("key")),
+            "report": (dict(groups=self.fingerprints.get("groups"), plots=_plots_available()),
+                       dict(select=self.stage_record("select").get("key")),
                        ["extract", "centroids", "select", "eval", "baseline"]),
         }
         params, inputs, deps = specs[stage]

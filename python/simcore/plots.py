@@ -139,13 +139,12 @@ def accuracy_bars(bars: Mapping[str, Bar], path: str, title: str = "accuracy",
     fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(names) + 1), 3.6))
     colours = ["#1b7837" if "SimCore" in n else "#bababa" if "rand" in n else "#2166ac" for n in names]
     ax.bar(range(len(names)), vals, yerr=errs if any(errs) else None, color=colours, capsize=3)
-    for i, v in enumerate(vals):
-        ax.text(i, v + 0.5, f"{v:.1f}", ha="center", va="bottom", fontsize=8)
+    for i, (v, e) in enumerate(zip(vals, errs)):
+        ax.text(i, v + e + 0.5, f"{v:.1f}", ha="center", va="bottom", fontsize=8)  # above the error bar
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)
-    lo = min(vals) if vals else 0
-    ax.set_ylim(max(0.0, lo - 10), max(vals + [1.0]) + 5)
+    ax.set_ylim(0.0, max([v + e for v, e in zip(vals, errs)] + [1.0]) + 5)  # from zero: bar heights compare as ratios
     ax.set_title(title)
     return _save(fig, path)
 

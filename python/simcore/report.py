@@ -78,8 +78,8 @@ def _load_image(path: str, size: int = 64) -> np.ndarray:
 
 
 def top_images(run, indices: np.ndarray, centroids: int = 8, per_row: int = 7) -> Optional[list]:
-    """For `centroids` centroids (the most populated by the coreset): the target image
-    nearest to it, then its `per_row` nearest selected open-set images."""
+    """For `centroids` centroids (those nearest to the most coreset items): the target
+    image nearest to it, then its `per_row` nearest images of the whole coreset."""
     paths = run.openset_paths()
     tgt_paths = open(run.path("features", "target.paths.txt")).read().splitlines()
     if not (paths and os.path.isfile(paths[0]) and os.path.isfile(tgt_paths[0])) or indices.size == 0:
@@ -88,12 +88,11 @@ def top_images(run, indices: np.ndarray, centroids: int = 8, per_row: int = 7) -
     U = _rows(run, indices)
     X = F.normalize(torch.from_numpy(np.load(run.path("features", "target.npy")).astype(np.float32)), dim=1)
     sim = F.normalize(U, dim=1) @ C.T  # [B, k]
-    owner = sim.argmax(1)
-    busiest = torch.bincount(owner, minlength=C.shape[0]).argsort(descending=True)[:centroids]
+    counts = torch.bincount(sim.argmax(1), minlength=C.shape[0])
+    busiest = [c for c in counts.argsort(descending=True)[:centroids].tolist() if counts[c] > 0]
     rows, labels = [], []
-    for c in busiest.tolist():
-        mine = torch.nonzero(owner == c).flatten()
-        best = mine[sim[mine, c].argsort(descending=True)[:per_row]]
+    for c in busiest:
+        best = sim[:, c].topk(min(per_row, sim.shape[0])).indices  # ranked over the whole coreset
         anchor = int((X @ C[c]).argmax())
         rows.append([_load_image(tgt_paths[anchor])] + [_load_image(paths[int(indices[i])]) for i in best])
         labels.append(f"centroid {c}")

@@ -350,6 +350,21 @@ def _read_manifest(root):
         return None
 
 
+def _remove_dead_tmp(root: str) -> None:
+    """Half-written trees of killed generators (`root.tmp-PID` whose PID is gone)."""
+    parent, base = os.path.split(os.path.abspath(root))
+    for name in os.listdir(parent or "."):
+        pid = name[len(base) + 5:] if name.startswith(base + ".tmp-") else ""
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+        except PermissionError:
+            pass  # alive, someone else's
+
+
 def make_demo_data(root: str, seed: int = 0, *, image_size: int = 32, classes: int = 6,
                    train_per_class: int = 100, test_per_class: int = 50, openset_size: int = 6000,
                    share_target: float = 0.05, share_related: float = 0.15, progress: bool = False) -> dict:
@@ -370,6 +385,7 @@ def make_demo_data(root: str, seed: int = 0, *, image_size: int = 32, classes: i
         raise FileExistsError(f"{root} already exists and holds {what}; remove it or choose another folder")
 
     jobs, rows = _plan(classes, train_per_class, test_per_class, openset_size, share_target, share_related)
+    _remove_dead_tmp(root)
     tmp = f"{root}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)  # left by an earlier, killed run of this pid
     try:
