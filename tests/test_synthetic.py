@@ -177,3 +177,5 @@ def test_a_killed_generators_half_tree_is_removed(tmp_path):
     alive.mkdir()
     make_demo_data(str(tmp_path / "d"), seed=0, classes=2, train_per_class=1, test_per_class=1, openset_size=40)
     assert sorted(os.listdir(tmp_path)) == sorted(["d", alive.name])
+    make_demo_data(str(tmp_path / "new" / "d"), seed=0, classes=2, train_per_class=1, test_per_class=1,
+                   openset_size=40)  # a parent folder that does not exist yet

@@ -353,7 +353,7 @@ def _read_manifest(root):
 def _remove_dead_tmp(root: str) -> None:
     """Half-written trees of killed generators (`root.tmp-PID` whose PID is gone)."""
     parent, base = os.path.split(os.path.abspath(root))
-    for name in os.listdir(parent or "."):
+    for name in os.listdir(parent) if os.path.isdir(parent) else []:
         pid = name[len(base) + 5:] if name.startswith(base + ".tmp-") else ""
         if not pid.isdigit():
             continue
