@@ -11,8 +11,9 @@ see features only, never the open-set folders. Each encoder is scored on dogs/te
 weighted kNN (k = 20, 200) and a linear probe fit on dogs/train; each sampler by its
 selection precision: the share of its coreset in the `target-class` and `dog` groups of
 openset_classes.tsv. A reference sampler runs SimCore on raw 8x8 pixels, and an analysis
-(--analysis-seeds) measures the 1% selection's precision with two other retrieval encoders:
-the X+OS row's, and one trained with X's labels.
+(--analysis-seeds) measures the 1% selection's precision with other retrieval encoders:
+the X+OS row's, and one trained with X's labels (at each --analysis-sizes px); and, on every
+seed's cached features, its precision as k varies (--analysis-k).
 
 Runs are resumable: every finished (row, seed) lands in WORK_DIR/results.json, and
 interrupted pretrainings resume from their last epoch. Writes benchmarks/results/
@@ -147,6 +148,12 @@ def run_row(args, seed, name, parts, work, x_dir, openset_dir, coresets, train, 
                 train_seconds=wall)
 
 
+def fmt_mean(values):
+    """mean (+- std where there are several values)."""
+    m, s = mean_std(list(values))
+    return f"{m:.1f}" if s == 0 else f"{m:.1f} ± {s:.1f}"
+
+
 def mean_std(values):
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
@@ -211,20 +218,22 @@ def retrieval_ablation(args, seed, work, x_dir, openset_dir, folder_of, group_of
     return _precision_with(args, seed, work, ckpt, "xos", x_dir, openset_dir, folder_of, group_of, path)
 
 
-def supervised_retrieval(args, seed, work, x_dir, openset_dir, train, folder_of, group_of):
+def supervised_retrieval(args, seed, work, x_dir, openset_dir, folder_of, group_of, size=32):
     """Analysis, not a paper row: SimCore (1%) precision when the retrieval encoder is
-    trained with X's labels (cross-entropy, 30 epochs, crop + flip), an upper reference for
-    what a discriminative encoder lets the same sampler do. Open-set labels are still never
-    seen. Cached."""
-    path = os.path.join(work, "retrieval_supervised.json")
+    trained with X's labels (cross-entropy, 30 epochs, crop + flip) on `size` px images, an
+    upper reference for what a discriminative encoder lets the same sampler do. Open-set
+    labels are still never seen. Cached."""
+    suffix = "" if size == 32 else f"-{size}px"
+    path = os.path.join(work, f"retrieval_supervised{suffix}.json")
     if os.path.exists(path):
         with open(path) as f:
             return json.load(f)
     from simcore.augment import Augment, augment
     from simcore.checkpoint import save_checkpoint
     from simcore.models import build_backbone
-    ckpt = os.path.join(work, "supervised", "checkpoint.pt")
+    ckpt = os.path.join(work, f"supervised{suffix}", "checkpoint.pt")
     if not os.path.exists(ckpt):
+        train = load_images(x_dir, size, cache_dir=args.cache_dir)
         torch.manual_seed(seed)
         backbone = build_backbone(args.arch, small_images=True)
         head = torch.nn.Linear(backbone.feature_dim, len(train.classes))
@@ -232,7 +241,7 @@ def supervised_retrieval(args, seed, work, x_dir, openset_dir, train, folder_of,
         opt = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
         epochs, bs, n = 30, 128, len(train)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, 0.1, total_steps=epochs * (n // bs))
-        aug = Augment(size=32, scale=(0.35, 1.0), jitter_p=0.0, gray_p=0.0)
+        aug = Augment(size=size, scale=(0.35, 1.0), jitter_p=0.0, gray_p=0.0)
         g = torch.Generator().manual_seed(seed)
         backbone.train()
         for _ in range(epochs):
@@ -246,8 +255,28 @@ def supervised_retrieval(args, seed, work, x_dir, openset_dir, train, folder_of,
                 opt.step()
                 sched.step()
         save_checkpoint(ckpt, model={f"backbone.{k}": v for k, v in backbone.state_dict().items()},
-                        config=dict(arch=args.arch, image_size=32))
-    return _precision_with(args, seed, work, ckpt, "sup", x_dir, openset_dir, folder_of, group_of, path)
+                        config=dict(arch=args.arch, image_size=size))
+    return _precision_with(args, seed, work, ckpt, f"sup{suffix}", x_dir, openset_dir, folder_of, group_of, path)
+
+
+def k_analysis(args, seed, work, folder_of, group_of):
+    """Analysis, not a paper row: SimCore (1%) precision as k varies, with the X row's
+    encoder and with the supervised one (their cached features). Cached per k."""
+    path = os.path.join(work, "retrieval_k.json")
+    out = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            out = json.load(f)
+    for tag, prefix in (("X encoder", "features"), ("supervised-on-X encoder", "features-sup")):
+        X, U = (os.path.join(work, f"{prefix}-{s}.npy") for s in ("X", "U"))
+        if not (os.path.exists(X) and os.path.exists(U)):
+            continue
+        for k in args.analysis_k:
+            if str(k) not in out.setdefault(tag, {}):
+                r = select_coreset(np.load(X), U, k=k, budget=0.01, tau=None, seed=seed, progress=False)
+                out[tag][str(k)] = precision(r.indices.numpy(), folder_of, group_of)
+    _write_json(out, path)
+    return out
 
 
 def plots(results, coresets, prefix):
@@ -279,6 +308,10 @@ def main():
                     help="only these rows (default: all); the X row always runs: it is the retrieval encoder")
     ap.add_argument("--analysis-seeds", type=int, nargs="*", default=[0],
                     help="seeds of the retrieval-encoder analysis (X+OS and supervised-on-X encoders)")
+    ap.add_argument("--analysis-k", type=int, nargs="*", default=[1, 10, 30, 100, 300, 1000],
+                    help="k values of the SimCore (1%%) precision analysis (analysis seeds)")
+    ap.add_argument("--analysis-sizes", type=int, nargs="*", default=[32, 64],
+                    help="image sizes (px) of the supervised-on-X retrieval encoder (analysis seeds)")
     ap.add_argument("--work-dir", default=os.path.expanduser("~/.cache/simcore/openssl_table"))
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--out", default=os.path.join(RESULTS, "openssl_table"), help="output prefix")
@@ -317,13 +350,16 @@ def main():
     mine = {k: v for k, v in results.items() if k.endswith(f"/{args.steps}") and v["seed"] in args.seeds}
     md = table(mine, coresets, args, precision(np.arange(len(folder_of)), folder_of, group_of)["precision"])
     ablation = {"X+OS encoder": {}, "supervised-on-X encoder": {}}
+    by_k = {}
     for seed in args.analysis_seeds:
         work = os.path.join(args.work_dir, f"seed{seed}")
         a = retrieval_ablation(args, seed, work, x_dir, openset_dir, folder_of, group_of)
         if a is not None:
             ablation["X+OS encoder"][str(seed)] = a
-        ablation["supervised-on-X encoder"][str(seed)] = supervised_retrieval(
-            args, seed, work, x_dir, openset_dir, train, folder_of, group_of)
+        for size in args.analysis_sizes:
+            name = "supervised-on-X encoder" + ("" if size == 32 else f" at {size} px")
+            ablation.setdefault(name, {})[str(seed)] = supervised_retrieval(
+                args, seed, work, x_dir, openset_dir, folder_of, group_of, size)
     for name, per in ablation.items():
         if per:
             v = [a["precision"] for a in per.values()]
@@ -331,6 +367,14 @@ def main():
                    f"precision {statistics.mean(v):.1f}% (target-class "
                    f"{statistics.mean(a['target-class'] for a in per.values()):.1f}%, dog "
                    f"{statistics.mean(a['dog'] for a in per.values()):.1f}%), seed(s) {', '.join(sorted(per))}.")
+    for seed in args.seeds:  # on the features already extracted: seconds
+        by_k[str(seed)] = k_analysis(args, seed, os.path.join(args.work_dir, f"seed{seed}"), folder_of, group_of)
+    for tag in ("X encoder", "supervised-on-X encoder"):
+        per = {s: a[tag] for s, a in by_k.items() if tag in a}
+        if per and args.analysis_k:
+            md += (f"\nAnalysis (not a paper row): SimCore (1%) precision by k with the {tag}: " + ", ".join(
+                f"k = {k}: {fmt_mean(p[str(k)]['precision'] for p in per.values())}%" for k in args.analysis_k)
+                + f"; seed(s) {', '.join(sorted(per))}.")
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     print(md)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -338,7 +382,7 @@ def main():
         f.write(md + f"\n\nMachine: {machine}. Command: python benchmarks/openssl_table.py "
                 f"--data-dir DATA --steps {args.steps} --seeds {' '.join(map(str, args.seeds))}\n")
     os.replace(args.out + ".md.tmp", args.out + ".md")
-    _write_json(dict(args=vars(args), machine=machine, results=mine, retrieval_xos=ablation, coresets={
+    _write_json(dict(args=vars(args), machine=machine, results=mine, retrieval_xos=ablation, retrieval_k=by_k, coresets={
         s: dict(info=c["info"], precision=c["precision"]) for s, c in coresets.items()}), args.out + ".json")
     try:
         plots(mine, coresets, args.out)
