@@ -307,6 +307,18 @@ def test_bad_arguments_fail_before_any_work(data, tmp_path, capsys, argv, messag
     assert not os.path.exists(tmp_path / "run")
 
 
+def test_an_empty_openset_or_a_bad_budget_fails_before_any_work(data, tmp_path, capsys):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    base = ["run", "--target", str(data / "train"), "--out", str(tmp_path / "run")]
+    assert main(base + ["--openset", str(data / "openset"), "--openset", str(tmp_path / "empty")]) == 2
+    assert "holds no images" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # argparse's own exit
+        main(base + ["--openset", str(data / "openset"), "--budget", "abc"])
+    assert e.value.code == 2
+    assert "budget must look like 1%, 0.01 or 5000, got 'abc'" in capsys.readouterr().err.splitlines()[-1]
+    assert not os.path.exists(tmp_path / "run")
+
+
 def test_select_alone_on_feature_files(tmp_path, capsys):
     rng = np.random.default_rng(0)
     np.save(tmp_path / "X.npy", rng.standard_normal((30, 8)).astype(np.float32))
@@ -315,3 +327,7 @@ def test_select_alone_on_feature_files(tmp_path, capsys):
                  str(tmp_path / "U.npy"), "--out", str(tmp_path / "sel"), "--k", "5", "--budget", "20",
                  "--quiet"]) == 0
     assert json.load(open(tmp_path / "sel" / "selection.json"))["items"] == 20
+    (tmp_path / "afile").write_text("")
+    assert main(["select", "--target-features", str(tmp_path / "X.npy"), "--openset-features",
+                 str(tmp_path / "U.npy"), "--out", str(tmp_path / "afile"), "--quiet"]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err

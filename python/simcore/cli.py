@@ -24,7 +24,7 @@ def parse_budget(text: str):
             return float(text[:-1]) / 100
         return int(text) if text.isdigit() else float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"budget must look like 1%%, 0.01 or 5000, got {text!r}")
+        raise argparse.ArgumentTypeError(f"budget must look like 1%, 0.01 or 5000, got {text!r}")
 
 
 def parse_tau(text: str):
@@ -36,6 +36,16 @@ def parse_tau(text: str):
         raise argparse.ArgumentTypeError(f"tau must be a number in (0, 1] or 'none', got {text!r}")
 
 
+def _check_out_folder(out: str) -> None:
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise FileExistsError(f"--out {out} is a file, not a folder")
+    parent = os.path.abspath(out)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"--out {out}: {parent} is not writable")
+
+
 def cmd_select(args) -> int:
     from simcore_ext import select_coreset
     from simcore_ext.result import atomic_write
@@ -43,6 +53,7 @@ def cmd_select(args) -> int:
     for p in args.openset_features + [x for x in (args.target_features, args.centroids) if x]:
         if not os.path.isfile(p):
             raise FileNotFoundError(f"no such file: {p}")
+    _check_out_folder(args.out)  # before the selection, which may take minutes
     target = np.load(args.target_features, mmap_mode="r") if args.target_features else None
     centroids = np.load(args.centroids) if args.centroids else None
     r = select_coreset(target, args.openset_features, k=args.k, centroids=centroids, budget=args.budget,

@@ -97,8 +97,9 @@ class RunConfig:
         check_int(self.patience, "patience", 1)
         check_int(self.linear_epochs, "linear_epochs", 1)
         check_tau(self.tau)
+        n_openset = sum(_count(s) for s in self.openset)  # lists every part: an empty one fails here
         if self.budget is not None:
-            resolve_budget(self.budget, sum(_count(s) for s in self.openset), 1)
+            resolve_budget(self.budget, n_openset, 1)
         if self.feature_dtype not in ("float16", "float32"):
             raise ValueError(f"feature_dtype must be float16 or float32, got {self.feature_dtype!r}")
         if self.openset_groups is not None:
