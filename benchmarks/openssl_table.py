@@ -350,7 +350,6 @@ def main():
     mine = {k: v for k, v in results.items() if k.endswith(f"/{args.steps}") and v["seed"] in args.seeds}
     md = table(mine, coresets, args, precision(np.arange(len(folder_of)), folder_of, group_of)["precision"])
     ablation = {"X+OS encoder": {}, "supervised-on-X encoder": {}}
-    by_k = {}
     for seed in args.analysis_seeds:
         work = os.path.join(args.work_dir, f"seed{seed}")
         a = retrieval_ablation(args, seed, work, x_dir, openset_dir, folder_of, group_of)
@@ -367,6 +366,7 @@ def main():
                    f"precision {statistics.mean(v):.1f}% (target-class "
                    f"{statistics.mean(a['target-class'] for a in per.values()):.1f}%, dog "
                    f"{statistics.mean(a['dog'] for a in per.values()):.1f}%), seed(s) {', '.join(sorted(per))}.")
+    by_k = {}
     for seed in args.seeds:  # on the features already extracted: seconds
         by_k[str(seed)] = k_analysis(args, seed, os.path.join(args.work_dir, f"seed{seed}"), folder_of, group_of)
     for tag in ("X encoder", "supervised-on-X encoder"):

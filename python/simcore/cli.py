@@ -36,16 +36,6 @@ def parse_tau(text: str):
         raise argparse.ArgumentTypeError(f"tau must be a number in (0, 1] or 'none', got {text!r}")
 
 
-def _check_out_folder(out: str) -> None:
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise FileExistsError(f"--out {out} is a file, not a folder")
-    parent = os.path.abspath(out)
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise PermissionError(f"--out {out}: {parent} is not writable")
-
-
 def cmd_select(args) -> int:
     from simcore_ext import select_coreset
     from simcore_ext.result import atomic_write
@@ -53,7 +43,8 @@ def cmd_select(args) -> int:
     for p in args.openset_features + [x for x in (args.target_features, args.centroids) if x]:
         if not os.path.isfile(p):
             raise FileNotFoundError(f"no such file: {p}")
-    _check_out_folder(args.out)  # before the selection, which may take minutes
+    from .pipeline import check_out_folder
+    check_out_folder(args.out)  # before the selection, which may take minutes
     target = np.load(args.target_features, mmap_mode="r") if args.target_features else None
     centroids = np.load(args.centroids) if args.centroids else None
     r = select_coreset(target, args.openset_features, k=args.k, centroids=centroids, budget=args.budget,

@@ -35,6 +35,7 @@ from typing import Dict, List, Optional, Union
 import numpy as np
 import torch
 
+from . import plots
 from .data import list_items, parse_spec
 
 STAGES = ("pretrain", "extract", "centroids", "select", "retrain", "baseline", "eval", "report")
@@ -130,8 +131,7 @@ class RunConfig:
 
     def _check_out(self) -> None:
         out = os.path.abspath(self.out)
-        if os.path.exists(out) and not os.path.isdir(out):
-            raise FileExistsError(f"--out {self.out} is a file, not a run folder")
+        check_out_folder(self.out, "run folder")
         for spec in [self.target] + list(self.openset) + ([self.test] if self.test else []):
             kind, name, _ = parse_spec(spec)  # a list names its files: only a folder would take in ours
             root = os.path.abspath(name)
@@ -143,11 +143,17 @@ class RunConfig:
             if mine:
                 raise FileExistsError(f"--out {self.out} holds {', '.join(mine)} but no manifest.json: not a "
                                       "simcore run folder (a run would replace them); choose another --out")
-        parent = out
-        while not os.path.exists(parent):
-            parent = os.path.dirname(parent)
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise PermissionError(f"--out {self.out}: {parent} is not writable")
+
+
+def check_out_folder(out: str, what: str = "folder") -> None:
+    """--out may not exist yet, but must be (or become) a writable folder."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise FileExistsError(f"--out {out} is a file, not a {what}")
+    parent = os.path.abspath(out)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"--out {out}: {parent} is not writable")
 
 
 def _count(spec: str) -> int:
@@ -189,11 +195,6 @@ def fingerprint(spec: str) -> str:
             st = os.stat(path)
             h.update(f"|{path}|{label}|{st.st_size}|{st.st_mtime_ns}".encode())
     return h.hexdigest()
-
-
-def _plots_available() -> bool:
-    from .plots import available  # a report written without matplotlib is redone once it is there
-    return available()
 
 
 def _hash(obj) -> str:
@@ -289,10 +290,10 @@ class Run:
                               steps=self.stage_record("pretrain").get("steps")), []),
             "eval": (dict(linear_epochs=c.linear_epochs, seed=c.seed),
                      dict(test=self.fingerprints.get("test")), ["pretrain", "retrain", "baseline"]),
-            # select's stamp covers only the coreset; its key fixes the rest of what it wrote
-            "report": (dict(groups=self.fingerprints.get("groups"), plots=_plots_available()),
-                       dict(select=self.stage_record("select").get("key")),
-                       ["extract", "centroids", "select", "eval", "baseline"]),
+            # select's stamp covers only the coreset; its key (settings, features, centroids)
+            # fixes the rest of what the report shows. Without matplotlib: redone once it is there
+            "report": (dict(groups=self.fingerprints.get("groups"), plots=plots.available()),
+                       dict(select=self.stage_record("select").get("key")), ["select", "eval", "baseline"]),
         }
         params, inputs, deps = specs[stage]
         upstream = {d: self.stage_record(d).get("stamp") for d in deps if self.enabled(d)}
