@@ -106,12 +106,13 @@ def _jitter(x: torch.Tensor, cfg: Augment, g, on: torch.Tensor) -> torch.Tensor:
 
 
 def augment(images: torch.Tensor, cfg: Augment, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """images: uint8 [B, 3, H, W] (any device). Returns float32 [B, 3, size, size], normalised.
+    """images: uint8 [B, 3, H, W] (any device). Returns [B, 3, size, size] in the default
+    float dtype (float32; float64 in the exactness tests), normalised.
     `generator` (on the images' device) makes the draw reproducible."""
     if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be uint8 [B, 3, H, W], got {images.dtype} {tuple(images.shape)}")
     n, device = images.shape[0], images.device
-    x = images.float().div_(255)
+    x = images.to(torch.get_default_dtype()).div_(255)
     x = F.grid_sample(x, _crop_grid(n, cfg, generator, device), mode="bilinear",
                       padding_mode="reflection", align_corners=False)
     on = torch.rand(n, generator=generator, device=device) < cfg.jitter_p

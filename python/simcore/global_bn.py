@@ -16,12 +16,12 @@ class GlobalBatchNorm(nn.BatchNorm2d):
             return super().forward(x)
         from torch.distributed.nn.functional import all_reduce
 
-        from .methods.heads import aux_group
+        from .methods.heads import aux_group, wide
         group = aux_group()
         dims = [0] + list(range(2, x.dim()))
         c = x.shape[1]
         shape = [1, c] + [1] * (x.dim() - 2)
-        xf = x.float()
+        xf = wide(x)
         # two passes (mean, then squared deviations): E[x^2] - E[x]^2 loses digits when the
         # mean is large; differentiable collectives carry the gradients to every rank
         count = torch.tensor([float(x.numel() // c)], device=x.device)

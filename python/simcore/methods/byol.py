@@ -9,13 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .heads import mlp
+from .heads import mlp, wide
 
 
 def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """Mean over the batch of 2 - 2 cos(p, z) (z is a target: no gradient)."""
     with torch.autocast(p.device.type, enabled=False):  # the loss in float32
-        return (2 - 2 * F.cosine_similarity(p.float(), z.detach().float(), dim=1)).mean()
+        return (2 - 2 * F.cosine_similarity(wide(p), wide(z.detach()), dim=1)).mean()
 
 
 class BYOL(nn.Module):

@@ -6,6 +6,12 @@ import torch.distributed as dist
 from torch import nn
 
 
+def wide(x: torch.Tensor) -> torch.Tensor:
+    """x in at least float32: half precisions (autocast) widened, float32/float64 kept, so
+    losses and statistics are float32 in training and float64 in the exactness tests."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 def mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
     """Linear - BatchNorm - ReLU - Linear: SimCLR's projector, BYOL's projector and predictor."""
     return nn.Sequential(nn.Linear(in_dim, hidden, bias=False), nn.BatchNorm1d(hidden),

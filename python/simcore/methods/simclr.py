@@ -6,14 +6,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .heads import gather_with_grad, mlp, rank_and_world
+from .heads import gather_with_grad, mlp, rank_and_world, wide
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
     """Mean over this rank's 2B anchors of -log softmax of its positive among the other
     2N - 1 projections of the global batch (N = B x world size); cosine similarities / t."""
     with torch.autocast(z1.device.type, enabled=False):  # the loss in float32
-        return _nt_xent(z1.float(), z2.float(), temperature)
+        return _nt_xent(wide(z1), wide(z2), temperature)
 
 
 def _nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
