@@ -80,6 +80,8 @@ def test_full_run_writes_every_stage_and_a_rerun_skips_all(data, tmp_path):
     assert set(ev) == {"X", "X + random", "X + SimCore"}
     report = open(tmp_path / "run" / "report" / "report.md").read()
     assert "Composition by open-set group" in report and "X + SimCore" in report
+    assert "| nearest to X |" in report and "| nearest to mean |" in report
+    assert "pretrain stage's encoder (SSL on X) at 16 px" in report
     mtime = os.stat(tmp_path / "run" / "retrain" / "checkpoint.pt").st_mtime_ns
 
     manifest2, lines = quiet(cfg)
@@ -295,6 +297,10 @@ def test_without_test_or_baseline(data, tmp_path):
     (["--device", "gpu0"], "is not a device"),
     (["--budget", "0.001"], "less than one item"),
     (["--openset", "torchvision:cifar10"], "the open-set must be image files"),
+    (["--retrieval-encoder", "/nonexistent/c.pt"], "no such checkpoint /nonexistent/c.pt"),
+    (["--retrieval-encoder", "torchvision:resnet51"], "no classification model 'resnet51'"),
+    (["--retrieval-encoder", "imagenet"], "unknown retrieval encoder 'imagenet'"),
+    (["--retrieval-size", "4"], "retrieval size"),
 ])
 def test_bad_arguments_fail_before_any_work(data, tmp_path, capsys, argv, message):
     base = {"--target": str(data / "train"), "--openset": str(data / "openset"), "--out": str(tmp_path / "run")}
@@ -331,3 +337,31 @@ def test_select_alone_on_feature_files(tmp_path, capsys):
     assert main(["select", "--target-features", str(tmp_path / "X.npy"), "--openset-features",
                  str(tmp_path / "U.npy"), "--out", str(tmp_path / "afile"), "--quiet"]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_another_retrieval_encoder_keys_on_its_weights(data, tmp_path):
+    """A foreign checkpoint selects: extraction keys on its content (not on pretrain, not on
+    its path); retraining and evaluation are those of the X-encoder run; the reference
+    samplers read the same features."""
+    import shutil
+    quiet(config(data, tmp_path / "a"))
+    enc = tmp_path / "enc.pt"
+    shutil.copy(tmp_path / "a" / "pretrain" / "checkpoint.pt", enc)
+    cfg = config(data, tmp_path / "b", retrieval_encoder=str(enc), retrieval_size=24)
+    manifest, lines = quiet(cfg)
+    assert ran(lines) == list(STAGES)
+    assert manifest["stages"]["extract"]["encoder_size"] == 24
+    a = np.load(tmp_path / "a" / "features" / "openset_0.npy")
+    b = np.load(tmp_path / "b" / "features" / "openset_0.npy")
+    assert a.shape == b.shape and not np.array_equal(a, b)  # 24 px, not the run's 16
+    assert f"`{enc}` at 24 px" in open(tmp_path / "b" / "report" / "report.md").read()
+    _, lines = quiet(cfg)
+    assert ran(lines) == []
+    os.utime(enc)  # touched, same weights: nothing to redo
+    _, lines = quiet(cfg)
+    assert ran(lines) == []
+    shutil.copy(tmp_path / "a" / "retrain" / "checkpoint.pt", enc)  # other weights
+    _, lines = quiet(cfg)
+    assert "pretrain" not in ran(lines) and ran(lines)[0] == "extract"
+    _, lines = quiet(config(data, tmp_path / "b", retrieval_size=24))  # back to the X encoder
+    assert ran(lines)[0] == "extract"

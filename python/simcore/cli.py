@@ -83,9 +83,12 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_extract(args) -> int:
+    from .encoders import load_encoder
     from .extract import extract
 
-    out = extract(args.checkpoint, args.data, args.out, dtype=args.dtype, batch_size=args.batch_size,
+    device = args.device or ("cuda" if __import__("torch").cuda.is_available() else "cpu")
+    encoder = load_encoder(f"checkpoint:{args.checkpoint}" if args.checkpoint else args.encoder, args.size, device=device)
+    out = extract(encoder, args.data, args.out, dtype=args.dtype, batch_size=args.batch_size,
                   device=args.device, cache_dir=args.cache_dir, skip_bad=args.skip_bad_images,
                   progress=not args.quiet, workers=args.workers)
     print(f"features -> {out}")
@@ -140,7 +143,8 @@ def cmd_run(args) -> int:
                     image_size=args.image_size, seed=args.seed, compare_random=args.compare_random,
                     openset_groups=args.openset_groups, linear_epochs=args.linear_epochs,
                     device=args.device, amp=args.amp, workers=args.workers, cache_dir=args.cache_dir,
-                    skip_bad_images=args.skip_bad_images, method_options=options)
+                    skip_bad_images=args.skip_bad_images, method_options=options,
+                    retrieval_encoder=args.retrieval_encoder, retrieval_size=args.retrieval_size)
     run(cfg, from_stage=args.from_stage, progress=not args.quiet)
     return 0
 
@@ -196,6 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--openset-groups", default=None, metavar="TSV",
                    help="folder -> group table (columns folder, group) to measure the coreset by; "
                    "never used to select")
+    r.add_argument("--retrieval-encoder", default="pretrain", metavar="SPEC",
+                   help="the encoder whose features select: pretrain (SSL on X, the paper's), a simcore "
+                   "checkpoint (PATH.pt), torchvision:NAME[:WEIGHTS|FILE] (e.g. torchvision:resnet50) or "
+                   "efficientnet-lite0 (offline, the [pretrained] extra); retraining is the same for all")
+    r.add_argument("--retrieval-size", type=int, default=None, metavar="PX",
+                   help="the retrieval encoder's input size (default: its own; pretrain: --image-size)")
     r.add_argument("--linear-epochs", type=int, default=100)
     r.add_argument("--from-stage", choices=STAGES, default=None,
                    help="run this stage again even if complete; later stages re-run where its result "
@@ -243,7 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("extract", help="backbone features of a dataset into a .npy file",
                        formatter_class=fmt)
-    e.add_argument("--checkpoint", required=True, help="a pretrain run's checkpoint.pt")
+    enc = e.add_mutually_exclusive_group(required=True)
+    enc.add_argument("--checkpoint", help="a pretrain run's checkpoint.pt")
+    enc.add_argument("--encoder", metavar="SPEC", help="or another encoder: a simcore checkpoint, "
+                     "torchvision:NAME[:WEIGHTS|FILE] or efficientnet-lite0")
+    e.add_argument("--size", type=int, default=None, metavar="PX",
+                   help="input size (default: the checkpoint's training size; 224 for ImageNet models)")
     e.add_argument("--data", required=True, help="an ImageFolder tree, a .txt list of image paths, or "
                    "torchvision:NAME[:split]")
     e.add_argument("--out", required=True, metavar="FEATS.npy",

@@ -86,19 +86,22 @@ def _write_json_atomic(obj, path):
 
 
 @torch.no_grad()
-def extract(checkpoint: str, data: str, out: str, dtype: str = "float16", batch_size: int = 512,
+def extract(encoder, data: str, out: str, dtype: str = "float16", batch_size: int = 512,
             chunk_rows: int = 8192, device: Optional[str] = None, cache_dir: Optional[str] = None,
             skip_bad: bool = False, progress: bool = True, workers: int = -1) -> str:
+    """encoder: an Encoder (simcore.encoders.load_encoder), or a spec / checkpoint path for it."""
     if dtype not in ("float16", "float32"):
         raise ValueError(f"dtype must be float16 or float32, got {dtype!r}")
     if not out.endswith(".npy"):
         raise ValueError(f"out must be a .npy path, got {out!r}")
+    from .encoders import Encoder, load_encoder
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    backbone, cfg = load_backbone(checkpoint, dev)
-    source = FeatureSource(data, cfg["image_size"], cache_dir, skip_bad, workers)
-    n, dim = len(source), backbone.feature_dim
+    if not isinstance(encoder, Encoder):
+        encoder = load_encoder(os.fspath(encoder), device=dev)
+    backbone = encoder.module.to(dev).eval()
+    source = FeatureSource(data, encoder.size, cache_dir, skip_bad, workers)
+    n, dim = len(source), encoder.dim
     partial, marker = out + ".partial", out + ".progress.json"
-    st = os.stat(checkpoint)
     import hashlib
     rows = hashlib.sha1("\n".join(source.paths).encode())
     if source.paths and os.path.isfile(source.paths[0]):  # image files: their sizes and mtimes too
@@ -106,8 +109,7 @@ def extract(checkpoint: str, data: str, out: str, dtype: str = "float16", batch_
             st_p = os.stat(p)
             rows.update(f"|{st_p.st_size}|{st_p.st_mtime_ns}".encode())
     rows = rows.hexdigest()
-    job = dict(checkpoint=os.path.abspath(checkpoint), checkpoint_mtime_ns=st.st_mtime_ns,
-               checkpoint_size=st.st_size, data=data, n=n, dim=dim, dtype=dtype, rows=rows)
+    job = dict(encoder=encoder.identity, data=data, n=n, dim=dim, dtype=dtype, rows=rows)
     done = 0
     if os.path.exists(partial) and os.path.exists(marker):
         with open(marker) as f:

@@ -72,6 +72,10 @@ class RunConfig:
     workers: int = -1
     cache_dir: Optional[str] = None
     method_options: dict = field(default_factory=dict)
+    # the encoder whose features select: "pretrain" (the paper's: SSL on X, the pretrain
+    # stage) or any simcore.encoders spec; retraining is the same whatever selects
+    retrieval_encoder: str = "pretrain"
+    retrieval_size: Optional[int] = None  # its input size (default: its own; pretrain: image_size)
 
     def train_config(self, data: List[str], out: str, steps: Optional[int] = None,
                      warmup_steps: Optional[int] = None):
@@ -110,6 +114,12 @@ class RunConfig:
             read_groups(self.openset_groups)
         if self.device is not None:
             _check_device(self.device)
+        if self.retrieval_encoder != "pretrain":
+            from .encoders import check_encoder
+            check_encoder(self.retrieval_encoder)
+        if self.retrieval_size is not None:
+            from .encoders import check_size
+            check_size(self.retrieval_size)
         self.train_config([self.target], os.path.join(self.out, "pretrain")).check()
         kind = parse_spec(self.target)[0]
         if self.test is not None:
@@ -246,6 +256,7 @@ class Run:
         self.manifest_path = os.path.join(self.out, "manifest.json")
         self.manifest = self._load_manifest()
         self.fingerprints: Dict[str, object] = {}
+        self._encoder_identity: Optional[dict] = None
 
     def _load_manifest(self) -> dict:
         if not os.path.exists(self.manifest_path):
@@ -278,8 +289,10 @@ class Run:
                      method_options=c.method_options, skip_bad_images=c.skip_bad_images)
         specs = {
             "pretrain": (train, dict(target=self.fingerprints["target"]), []),
-            "extract": (dict(dtype=c.feature_dtype, skip_bad_images=c.skip_bad_images), dict(target=self.fingerprints["target"],
-                                                          openset=self.fingerprints["openset"]), ["pretrain"]),
+            # a foreign encoder keys on its weights' hash; the X encoder on the pretrain stage
+            "extract": (dict(dtype=c.feature_dtype, skip_bad_images=c.skip_bad_images, encoder=self.encoder_identity()),
+                        dict(target=self.fingerprints["target"], openset=self.fingerprints["openset"]),
+                        ["pretrain"] if c.retrieval_encoder == "pretrain" else []),
             "centroids": (dict(k=c.k, seed=c.seed), {}, ["extract"]),
             "select": (dict(budget=c.budget, tau=c.tau, patience=c.patience), {}, ["extract", "centroids"]),
             # the coreset's stamp is its list of paths: the images' content comes in here
@@ -298,6 +311,15 @@ class Run:
         params, inputs, deps = specs[stage]
         upstream = {d: self.stage_record(d).get("stamp") for d in deps if self.enabled(d)}
         return dict(params=params, inputs=inputs, upstream=upstream)
+
+    def encoder_identity(self) -> dict:
+        c = self.cfg
+        if c.retrieval_encoder == "pretrain":
+            return dict(encoder="pretrain", size=c.retrieval_size or c.image_size)
+        if self._encoder_identity is None:
+            from .encoders import identity
+            self._encoder_identity = identity(c.retrieval_encoder, c.retrieval_size)
+        return self._encoder_identity
 
     def enabled(self, stage: str) -> bool:
         if stage == "baseline":
@@ -399,16 +421,20 @@ class Run:
         return info
 
     def stage_extract(self) -> dict:
+        from .encoders import load_encoder
         from .extract import extract
-        ckpt = self.path("pretrain", "checkpoint.pt")
+        c = self.cfg
+        which = self.path("pretrain", "checkpoint.pt") if c.retrieval_encoder == "pretrain" else c.retrieval_encoder
+        encoder = load_encoder(which, c.retrieval_size, device=c.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         outs = ["features/target.npy"] + [f"features/openset_{i}.npy" for i in range(len(self.cfg.openset))]
         for spec, out in zip([self.cfg.target] + list(self.cfg.openset), outs):
             if not os.path.exists(self.path(out)):  # a finished part of an interrupted stage stays
-                extract(ckpt, spec, self.path(out), dtype=self.cfg.feature_dtype, device=self.cfg.device,
+                extract(encoder, spec, self.path(out), dtype=self.cfg.feature_dtype, device=self.cfg.device,
                         cache_dir=self.cfg.cache_dir, skip_bad=self.cfg.skip_bad_images,
                         progress=self.progress, workers=self.cfg.workers)
         rows = [int(np.load(self.path(o), mmap_mode="r").shape[0]) for o in outs]
-        return dict(outputs=outs + [o[:-4] + ".paths.txt" for o in outs], rows=rows)
+        return dict(outputs=outs + [o[:-4] + ".paths.txt" for o in outs], rows=rows,
+                    encoder=c.retrieval_encoder, encoder_size=encoder.size, dim=encoder.dim)
 
     def stage_centroids(self) -> dict:
         from simcore_ext.kmeans import make_centroids

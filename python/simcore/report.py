@@ -49,8 +49,19 @@ def random_indices(run, size: int, n: int) -> np.ndarray:
     return np.sort(np.random.default_rng(run.cfg.seed).choice(n, size=size, replace=False))
 
 
+def reference_selections(run, size: int) -> Dict[str, np.ndarray]:
+    """Nearest-to-X (kNN) and nearest-to-mean selections of `size` items from the features
+    SimCore read: where they beat SimCore, the selection left separable items behind; where
+    they do no better, the encoder does not separate the target."""
+    from .samplers import nearest_to_mean, nearest_to_target
+    X = np.load(run.path("features", "target.npy"))
+    shards = [run.path("features", f"openset_{i}.npy") for i in range(len(run.cfg.openset))]
+    return {"nearest to X": nearest_to_target(X, shards, size), "nearest to mean": nearest_to_mean(X, shards, size)}
+
+
 def composition(run, indices: np.ndarray) -> Dict[str, Dict[str, float]]:
-    """{"by group": {sampler: {group: %}}, "by folder": {...}} for SimCore and random."""
+    """{"group": {sampler: {group: %}}, "folder": {...}}: SimCore, the reference samplers of
+    the same size (by group) and random."""
     labels = openset_labels(run)
     if labels is None:
         return {}
@@ -61,8 +72,11 @@ def composition(run, indices: np.ndarray) -> Dict[str, Dict[str, float]]:
         g = np.array([groups.get(x, "unlisted") for x in labels])
         order = [x for x in ("target-class", "dog", "related", "animal", "other") if x in set(g)]
         order += sorted(set(g) - set(order))
-        out["group"] = {"SimCore": plots.shares_of(g[indices], order), "random": plots.shares_of(g[rand], order),
-                        "open-set": plots.shares_of(g, order)}
+        out["group"] = {"SimCore": plots.shares_of(g[indices], order)}
+        if indices.size:
+            out["group"].update({name: plots.shares_of(g[ix], order)
+                                 for name, ix in reference_selections(run, indices.size).items()})
+        out["group"].update({"random": plots.shares_of(g[rand], order), "open-set": plots.shares_of(g, order)})
     top = list(plots.shares_of(labels[indices]))[:8]
     fold = lambda ls: np.where(np.isin(ls, top), ls, "(other folders)")  # noqa: E731
     order = top + ["(other folders)"]
@@ -118,6 +132,13 @@ def _table(header: List[str], rows: List[List[str]]) -> List[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
+def _retrieval(run) -> str:
+    rec = run.stage_record("extract")
+    spec = run.cfg.retrieval_encoder
+    what = "the pretrain stage's encoder (SSL on X)" if spec == "pretrain" else f"`{spec}`"
+    return f"{what} at {rec.get('encoder_size', '?')} px, {rec.get('dim', '?')}-d features"
+
+
 def write_report(run) -> dict:
     from simcore_ext import CoresetResult
     cfg = run.cfg
@@ -130,6 +151,7 @@ def write_report(run) -> dict:
            f"- encoder: {cfg.method} {cfg.arch}, {cfg.epochs} epochs on X "
            f"({run.stage_record('pretrain').get('steps')} optimizer steps of batch {cfg.batch_size}; "
            f"every retraining runs the same steps), {cfg.image_size} px, seed {cfg.seed}",
+           f"- retrieval encoder (whose features select): {_retrieval(run)}",
            f"- SimCore: k = {run.stage_record('centroids').get('k')}, budget {cfg.budget or '50 x |X|'}, "
            f"tau {cfg.tau}, patience {cfg.patience}", "",
            "## Selection", "",
@@ -148,6 +170,11 @@ def write_report(run) -> dict:
     for kind, shares in comp.items():
         cols = list(next(iter(shares.values())))
         out += [f"### Composition by open-set {kind}", ""]
+        if kind == "group":
+            out += ["Beside SimCore, selections of the same size from the same features: the items nearest to "
+                    "any target image (kNN) and nearest to the target's mean. If they do no better than "
+                    "SimCore, the encoder does not separate the target's relatives; if they do, the "
+                    "selection does not use what it separates.", ""]
         out += _table(["sampler"] + cols, [[name] + [f"{v[c]:.1f}%" for c in cols] for name, v in shares.items()])
         out.append("")
         if have_plots:
