@@ -413,11 +413,23 @@ def test_damaged_progress_files_are_misses(data, tmp_path):
 def test_a_run_folder_damaged_by_hand(data, tmp_path):
     cfg = config(data, tmp_path / "run", test=str(data / "train"), linear_epochs=1)
     Run(cfg.check(), progress=False, log=lambda s: None).run()
-    (tmp_path / "run" / "eval" / "pretrain.json").write_text("{")  # an evaluation cut short: redone
+    manifest = json.load(open(tmp_path / "run" / "manifest.json"))
+    manifest["stages"]["eval"]["status"] = "running"  # killed while evaluating...
+    (tmp_path / "run" / "manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "run" / "eval" / "pretrain.json").write_text("{")  # ...with one result file damaged
     lines = []
-    Run(cfg.check(), progress=False, log=lines.append).run(from_stage="eval")
-    assert sum(line.startswith("[eval] X") for line in lines) == 2
+    Run(cfg.check(), progress=False, log=lines.append).run()
+    assert [line.split(":")[0] for line in lines if line.startswith("[eval] X")] == ["[eval] X"]  # only it redone
     paths = tmp_path / "run" / "features" / "openset_0.paths.txt"
     paths.write_text("".join(paths.read_text().splitlines(keepends=True)[:-1]))  # a line lost
     with pytest.raises(ValueError, match="lists 23 images for 24 feature rows"):
         Run(cfg.check(), progress=False, log=lambda s: None).run(from_stage="select")
+
+
+def test_a_dangling_link_is_an_unreadable_image(tmp_path):
+    _images(str(tmp_path / "X"), 2, 3, 0)
+    os.symlink(tmp_path / "gone.png", tmp_path / "X" / "class0" / "dead.png")
+    kw = dict(cache_dir=str(tmp_path / "c"), progress=False)
+    with pytest.raises(ValueError, match="cannot read image .*dead.png"):
+        load_images(str(tmp_path / "X"), 16, **kw)
+    assert len(load_images(str(tmp_path / "X"), 16, skip_bad=True, **kw)) == 6

@@ -161,11 +161,21 @@ def _decode(items, size: int, skip_bad: bool, open_image: Callable, desc: str, p
     return torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64), paths
 
 
+def file_stamp(path: str) -> Tuple[int, int]:
+    """(size, mtime_ns) of an image file; (-1, -1) for a dangling link, which the decode
+    then reports (or skips) as an unreadable image."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return -1, -1
+    return st.st_size, st.st_mtime_ns
+
+
 def _cache_key(root: str, size: int, items) -> str:
     h = hashlib.sha1(f"{os.path.abspath(root)}|{size}".encode())
     for path, label in items:
-        st = os.stat(path)
-        h.update(f"|{os.path.relpath(path, root)}|{label}|{st.st_size}|{st.st_mtime_ns}".encode())
+        st_size, st_mtime_ns = file_stamp(path)
+        h.update(f"|{os.path.relpath(path, root)}|{label}|{st_size}|{st_mtime_ns}".encode())
     return h.hexdigest()[:20]
 
 

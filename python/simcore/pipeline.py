@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from . import plots
-from .data import list_items, parse_spec
+from .data import file_stamp, list_items, parse_spec
 
 STAGES = ("pretrain", "extract", "centroids", "select", "retrain", "baseline", "eval", "report")
 STAGE_FOLDERS = {s: ("features" if s == "extract" else s) for s in STAGES}
@@ -201,8 +201,8 @@ def fingerprint(spec: str) -> str:
         items, classes = list_items(kind, name)
         h.update("|".join(classes).encode())
         for path, label in items:
-            st = os.stat(path)
-            h.update(f"|{path}|{label}|{st.st_size}|{st.st_mtime_ns}".encode())
+            st_size, st_mtime_ns = file_stamp(path)
+            h.update(f"|{path}|{label}|{st_size}|{st_mtime_ns}".encode())
     return h.hexdigest()
 
 
