@@ -71,7 +71,7 @@ def test_out_inside_the_data_through_a_symlink_is_refused(data, tmp_path):
 
 
 # 2 ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["a\nb.png", "a\rb.png", os.fsdecode(b"\xff\xfe.png")])
+@pytest.mark.parametrize("name", ["a\nb.png", "a\rb.png", "a\u2028b.png", "a\x0bb.png", os.fsdecode(b"\xff\xfe.png")])
 def test_file_names_a_path_list_cannot_hold_are_refused_up_front(data, tmp_path, capsys, name):
     root = tmp_path / "U"
     _images(str(root), 2, 3, 5)
@@ -433,3 +433,18 @@ def test_a_dangling_link_is_an_unreadable_image(tmp_path):
     with pytest.raises(ValueError, match="cannot read image .*dead.png"):
         load_images(str(tmp_path / "X"), 16, **kw)
     assert len(load_images(str(tmp_path / "X"), 16, skip_bad=True, **kw)) == 6
+
+
+def test_the_shared_cache_loses_only_old_temporaries_of_dead_writers(tmp_path):
+    _images(str(tmp_path / "X"), 2, 3, 0)
+    folder = tmp_path / "c" / "images"
+    folder.mkdir(parents=True)
+    names = {"old_dead": ".tmp-999999999-ab.pt", "new_dead": ".tmp-999999998-cd.pt",
+             "old_alive": f".tmp-{os.getppid()}-ef.pt", "other": "keep.pt"}
+    for key, name in names.items():
+        (folder / name).write_bytes(b"x" * 10)
+        if key.startswith("old") or key == "other":
+            os.utime(folder / name, (1e9, 1e9))
+    load_images(str(tmp_path / "X"), 16, cache_dir=str(tmp_path / "c"), progress=False)
+    left = set(os.listdir(folder))
+    assert names["old_dead"] not in left and {names["new_dead"], names["old_alive"], names["other"]} <= left

@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
+import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -97,10 +99,13 @@ def _list_folder(root: str) -> Tuple[List[Tuple[str, int]], List[str]]:
     return items, classes
 
 
+_LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"  # str.splitlines() splits at each
+
+
 def check_listable(path: str) -> None:
     """Image paths are stored one per line (FEATS.paths.txt, coreset.txt): a name with a
     line break or bytes that are not UTF-8 would shift or break every later row."""
-    if "\n" in path or "\r" in path:
+    if any(c in path for c in _LINE_BREAKS):
         raise ValueError(f"image file name with a line break: {path!r}; rename it (image paths are "
                          "listed one per line)")
     try:
@@ -181,7 +186,32 @@ def _cache_key(root: str, size: int, items) -> str:
 
 def _save_atomic(obj: Dict, path: str) -> None:
     from .checkpoint import save_atomic
+    _remove_dead_temporaries(os.path.dirname(path))
     save_atomic(obj, path)
+
+
+def _remove_dead_temporaries(folder: str, min_age_s: float = 3600) -> None:
+    """The cache is shared by concurrent runs: only temporaries (.tmp-PID-*) whose writer
+    is gone from this machine and that are an hour old go (a killed decode's leftover)."""
+    if not os.path.isdir(folder):
+        return
+    now = time.time()
+    for entry in os.scandir(folder):
+        m = re.match(r"\.tmp-(\d+)-", entry.name)
+        if not m or int(m.group(1)) == os.getpid():
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+            continue  # alive (or another user's)
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OverflowError):
+            continue
+        try:
+            if now - entry.stat(follow_symlinks=False).st_mtime > min_age_s:
+                os.unlink(entry.path)
+        except FileNotFoundError:  # another run cleaned it first
+            pass
 
 
 def default_cache_dir() -> str:
