@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import numbers
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -99,13 +100,13 @@ class TrainConfig:
         # numbers that would only fail epochs later (a NaN loss) or deep inside torch
         for name, low in (("lr", 0), ("base_lr", 0), ("weight_decay", None), ("momentum", None)):
             x = getattr(self, name)
-            if x is not None and (isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x)
+            if x is not None and (isinstance(x, bool) or not isinstance(x, numbers.Real) or not math.isfinite(x)
                                   or x < 0 or (low is not None and x <= low)):
                 raise ValueError(f"{name} must be a finite number {'> 0' if low is not None else '>= 0'}, got {x!r}")
         t = self.method_options.get("temperature")
-        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0):
+        if t is not None and (isinstance(t, bool) or not isinstance(t, numbers.Real) or not math.isfinite(t) or t <= 0):
             raise ValueError(f"temperature must be a finite number > 0, got {t!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= SEED_MAX:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or not 0 <= self.seed <= SEED_MAX:
             raise ValueError(f"seed must be an int in [0, {SEED_MAX}], got {self.seed!r}")
         from .data import check_cache_dir
         check_cache_dir(self.cache_dir)
