@@ -448,3 +448,20 @@ def test_the_shared_cache_loses_only_old_temporaries_of_dead_writers(tmp_path):
     load_images(str(tmp_path / "X"), 16, cache_dir=str(tmp_path / "c"), progress=False)
     left = set(os.listdir(folder))
     assert names["old_dead"] not in left and {names["new_dead"], names["old_alive"], names["other"]} <= left
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(tmp_path, capsys, monkeypatch):
+    import errno
+    import simcore_ext.result as result_mod
+    np.save(tmp_path / "X.npy", np.random.default_rng(0).standard_normal((20, 4)).astype(np.float32))
+    np.save(tmp_path / "U.npy", np.random.default_rng(1).standard_normal((200, 4)).astype(np.float32))
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(result_mod.os, "fsync", full)
+    assert main(["select", "--target-features", str(tmp_path / "X.npy"), "--openset-features",
+                 str(tmp_path / "U.npy"), "--out", str(tmp_path / "sel"), "--k", "2", "--budget", "5",
+                 "--quiet"]) == 2
+    assert "No space left on device" in one_line_error(capsys)
+    assert os.listdir(tmp_path / "sel") == []

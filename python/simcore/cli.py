@@ -352,8 +352,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, PermissionError, NotADirectoryError,
-            IsADirectoryError, DatasetUnavailable) as e:
+    except (ValueError, TypeError, OSError, DatasetUnavailable) as e:  # OSError: missing files, full disks...
         print(f"simcore {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
