@@ -25,11 +25,18 @@ def as_feature_tensor(x, name: str) -> torch.Tensor:
         raise TypeError(f"{name} must be a tensor or a numpy array, got {type(x).__name__}")
     if x.dtype not in TORCH_FLOATS:
         raise TypeError(f"{name} must hold floating-point features, got dtype {x.dtype}")
+    check_tensor_device(x, name)
     if x.dim() != 2:
         raise ValueError(f"{name} must be 2-D (rows, d), got shape {tuple(x.shape)}")
     if x.shape[0] == 0:
         raise ValueError(f"{name} is empty (0 rows)")
     return x
+
+
+def check_tensor_device(x: torch.Tensor, name: str) -> None:
+    """Data must live on a CPU or a CUDA GPU (not 'meta', which holds no values)."""
+    if x.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"{name} is on the {x.device} device: expected a CPU or CUDA tensor")
 
 
 def bad_row_reason(row: torch.Tensor, norm: float, metric: str) -> Optional[str]:
@@ -60,12 +67,17 @@ def check_rows(x: torch.Tensor, name: str, metric: str, offset: int = 0,
     raise ValueError(f"{name} row {offset + r} {reason}")
 
 
-def check_int(value, name: str, minimum: int) -> int:
+def check_int(value, name: str, minimum: int, maximum: Optional[int] = None) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {value!r}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
     return int(value)
+
+
+SEED_MAX = 2**64 - 1  # what torch's generators take
 
 
 def check_metric(metric) -> str:

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from . import _ops
 from .candidates import CandidateLists
 from .distributed import Comm
-from .checks import (as_feature_tensor, check_int, check_metric, check_rows, check_tau,
+from .checks import (SEED_MAX, as_feature_tensor, check_int, check_metric, check_rows, check_tau,
                      resolve_budget, resolve_device)
 from .kmeans import make_centroids
 from .result import CoresetResult
@@ -331,7 +331,7 @@ def select_coreset(
     tau = check_tau(tau)
     patience = check_int(patience, "patience", 1)
     k = check_int(k, "k", 1)
-    seed = check_int(seed, "seed", 0)
+    seed = check_int(seed, "seed", 0, SEED_MAX)
     if chunk_size is not None:
         chunk_size = check_int(chunk_size, "chunk_size", 1)
     if not isinstance(progress, bool):

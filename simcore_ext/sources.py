@@ -69,6 +69,8 @@ class TensorShard(Shard):
     def __init__(self, t: torch.Tensor, name: str):
         if t.dtype not in TORCH_FLOATS:
             raise TypeError(f"{name} must hold floating-point features, got dtype {t.dtype}")
+        if t.device.type not in ("cpu", "cuda"):
+            raise ValueError(f"{name} is on the {t.device} device: expected a CPU or CUDA tensor")
         if t.dim() != 2:
             raise ValueError(f"{name} must be 2-D (rows, d), got shape {tuple(t.shape)}")
         self.t, self.name = t, name

@@ -11,19 +11,39 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
 import sys
 
 import numpy as np
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block): `simcore run: error: ...`."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def finite(text: str) -> float:
+    """A float option: NaN and infinities would only fail later, deep in a stage."""
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(x):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return x
 
 
 def parse_budget(text: str):
     """'1%' or '0.01' (a fraction of the open-set) or '5000' (items)."""
     try:
         if text.endswith("%"):
-            return float(text[:-1]) / 100
-        return int(text) if text.isdigit() else float(text)
-    except ValueError:
+            return finite(text[:-1]) / 100
+        return int(text) if re.fullmatch(r"[+-]?\d+", text.strip()) else finite(text)
+    except (ValueError, argparse.ArgumentTypeError):
         raise argparse.ArgumentTypeError(f"budget must look like 1%, 0.01 or 5000, got {text!r}")
 
 
@@ -31,9 +51,9 @@ def parse_tau(text: str):
     if text.lower() == "none":
         return None
     try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"tau must be a number in (0, 1] or 'none', got {text!r}")
+        return finite(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"tau must be a number in (0, 1] or 'none', got {text!r}") from None
 
 
 def cmd_select(args) -> int:
@@ -45,8 +65,8 @@ def cmd_select(args) -> int:
             raise FileNotFoundError(f"no such file: {p}")
     from .pipeline import check_out_folder
     check_out_folder(args.out)  # before the selection, which may take minutes
-    target = np.load(args.target_features, mmap_mode="r") if args.target_features else None
-    centroids = np.load(args.centroids) if args.centroids else None
+    target = _load_npy(args.target_features, "--target-features", mmap_mode="r") if args.target_features else None
+    centroids = _load_npy(args.centroids, "--centroids") if args.centroids else None
     r = select_coreset(target, args.openset_features, k=args.k, centroids=centroids, budget=args.budget,
                        tau=args.tau, patience=args.patience, metric=args.metric, device=args.device,
                        chunk_size=args.chunk_size, seed=args.seed, progress=not args.quiet)
@@ -59,6 +79,16 @@ def cmd_select(args) -> int:
     print(f"selected {len(r)} items in {r.rounds} rounds ({r.stop_reason}) in {r.stats['seconds']:.2f} s "
           f"-> {os.path.join(args.out, 'coreset.npz')}")
     return 0
+
+
+def _load_npy(path: str, flag: str, **kw) -> np.ndarray:
+    try:
+        a = np.load(path, allow_pickle=False, **kw)
+    except Exception as e:  # noqa: BLE001 - empty, truncated or foreign files
+        raise ValueError(f"{flag} {path}: cannot read it as a .npy array ({str(e) or type(e).__name__})") from None
+    if not isinstance(a, np.ndarray):
+        raise ValueError(f"{flag} {path}: not a single .npy array")
+    return a
 
 
 def cmd_pretrain(args) -> int:
@@ -101,12 +131,26 @@ def cmd_eval(args) -> int:
     from .evaluate import knn, linear_probe
     from .extract import FeatureSource, features_of, load_backbone
 
+    # every number before any image is decoded
+    if args.epochs < 1:
+        raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
+    if args.lr <= 0:
+        raise ValueError(f"--lr must be > 0, got {args.lr}")
+    if not 0 <= args.val_fraction < 1:
+        raise ValueError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
+    from .train import SEED_MAX
+    if not 0 <= args.seed <= SEED_MAX:
+        raise ValueError(f"--seed must be in [0, {SEED_MAX}], got {args.seed}")
+    from .data import check_cache_dir
+    check_cache_dir(args.cache_dir)
     dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     backbone, cfg = load_backbone(args.checkpoint, dev)
     sets = [FeatureSource(s, cfg["image_size"], args.cache_dir, args.skip_bad_images, args.workers)
             for s in (args.train, args.test)]
     if sets[0].classes != sets[1].classes:
         raise ValueError(f"train and test have different classes: {sets[0].classes} vs {sets[1].classes}")
+    if len(sets[0].classes) < 2:
+        raise ValueError(f"--train {args.train} has {len(sets[0].classes)} class(es): accuracy needs at least two")
     ftr, fte = (features_of(backbone, s) for s in sets)
     ytr, yte = (s.labels() for s in sets)
     if args.protocol == "knn":
@@ -122,7 +166,10 @@ def cmd_eval(args) -> int:
 
 def cmd_demo(args) -> int:
     from .demo import run_demo, run_selection_demo
+    from .train import SEED_MAX
 
+    if not 0 <= args.seed <= SEED_MAX:
+        raise ValueError(f"--seed must be in [0, {SEED_MAX}], got {args.seed}")
     if args.selection_only:
         return run_selection_demo(out=args.out, seed=args.seed, n_openset=args.openset_size,
                                   progress=not args.quiet)
@@ -150,8 +197,8 @@ def cmd_run(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="simcore", description="SimCore: coreset sampling from an open-set "
-                                "for fine-grained self-supervised learning (CVPR 2023).")
+    p = Parser(prog="simcore", description="SimCore: coreset sampling from an open-set "
+               "for fine-grained self-supervised learning (CVPR 2023).")
     sub = p.add_subparsers(dest="command", required=True)
     fmt = argparse.ArgumentDefaultsHelpFormatter
 
@@ -190,9 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--epochs", type=int, default=100, help="pretraining epochs on X; retraining runs "
                    "the same number of optimizer steps")
     r.add_argument("--batch-size", type=int, default=256)
-    r.add_argument("--lr", type=float, default=None, help="peak learning rate (default 0.06 x batch / 256)")
+    r.add_argument("--lr", type=finite, default=None, help="peak learning rate (default 0.06 x batch / 256)")
     r.add_argument("--warmup-epochs", type=int, default=10)
-    r.add_argument("--temperature", type=float, default=None, help="SimCLR temperature (default 0.5)")
+    r.add_argument("--temperature", type=finite, default=None, help="SimCLR temperature (default 0.5)")
     r.add_argument("--image-size", type=int, default=32)
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--compare-random", action="store_true",
@@ -229,16 +276,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--arch", default="resnet18", help="resnet18, resnet50, or e.g. resnet18-w0.25")
     t.add_argument("--epochs", type=int, default=100)
     t.add_argument("--batch-size", type=int, default=256, help="global batch (all ranks)")
-    t.add_argument("--lr", type=float, default=None, help="peak learning rate (default 0.06 x batch / 256)")
-    t.add_argument("--weight-decay", type=float, default=5e-4)
+    t.add_argument("--lr", type=finite, default=None, help="peak learning rate (default 0.06 x batch / 256)")
+    t.add_argument("--weight-decay", type=finite, default=5e-4)
     t.add_argument("--optimizer", choices=["sgd", "lars"], default="sgd")
     t.add_argument("--warmup-epochs", type=int, default=10)
     t.add_argument("--image-size", type=int, default=32,
                    help="training resolution; up to 96 px the images live decoded on the device")
     t.add_argument("--workers", type=int, default=-1, help="DataLoader workers for images > 96 px "
                    "(-1: this machine's cores per rank, minus one, at most 8)")
-    t.add_argument("--min-crop", type=float, default=0.08, help="smallest random-resized-crop area")
-    t.add_argument("--temperature", type=float, default=None, help="SimCLR temperature (default 0.5)")
+    t.add_argument("--min-crop", type=finite, default=0.08, help="smallest random-resized-crop area")
+    t.add_argument("--temperature", type=finite, default=None, help="SimCLR temperature (default 0.5)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
                    help="bf16 autocast: auto = where the GPU or CPU has native bf16")
@@ -278,8 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--train", required=True, help="labelled training images (ImageFolder or torchvision:...)")
     v.add_argument("--test", required=True, help="labelled test images")
     v.add_argument("--epochs", type=int, default=100, help="linear probe epochs")
-    v.add_argument("--lr", type=float, default=0.1, help="linear probe learning rate")
-    v.add_argument("--val-fraction", type=float, default=0.0,
+    v.add_argument("--lr", type=finite, default=0.1, help="linear probe learning rate")
+    v.add_argument("--val-fraction", type=finite, default=0.0,
                    help="hold this share of --train out and report its accuracy too (for tuning)")
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--device", default=None)
@@ -320,7 +367,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, PermissionError, DatasetUnavailable) as e:
+    except (ValueError, TypeError, OSError, DatasetUnavailable) as e:  # OSError: missing files, full disks...
         print(f"simcore {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
+import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -85,12 +87,31 @@ def _list_folder(root: str) -> Tuple[List[Tuple[str, int]], List[str]]:
     items = []
     for c, name in enumerate(classes):
         for dirpath, dirnames, files in os.walk(os.path.join(root, name), followlinks=True):
-            dirnames.sort()
+            here = os.path.realpath(dirpath)  # a link back up the tree would repeat it ~40 times
+            dirnames[:] = [d for d in sorted(dirnames)
+                           if not (here + os.sep).startswith(os.path.realpath(os.path.join(dirpath, d)) + os.sep)]
             items += [(os.path.join(dirpath, f), c) for f in sorted(files)
                       if f.lower().endswith(IMG_EXTENSIONS)]
     if not items:
         raise ValueError(f"{root} holds no images ({', '.join(IMG_EXTENSIONS)})")
+    for path, _ in items:
+        check_listable(path)
     return items, classes
+
+
+_LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"  # str.splitlines() splits at each
+
+
+def check_listable(path: str) -> None:
+    """Image paths are stored one per line (FEATS.paths.txt, coreset.txt): a name with a
+    line break or bytes that are not UTF-8 would shift or break every later row."""
+    if any(c in path for c in _LINE_BREAKS):
+        raise ValueError(f"image file name with a line break: {path!r}; rename it (image paths are "
+                         "listed one per line)")
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"image file name that is not UTF-8: {path!r}; rename it") from None
 
 
 def _list_file(path: str) -> Tuple[List[Tuple[str, int]], List[str]]:
@@ -99,8 +120,11 @@ def _list_file(path: str) -> Tuple[List[Tuple[str, int]], List[str]]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no such image list: {path}")
     base = os.path.dirname(os.path.abspath(path))
-    with open(path) as f:
-        files = [line.rstrip("\r\n") for line in f if line.strip()]
+    try:
+        with open(path) as f:
+            files = [line.rstrip("\r\n") for line in f if line.strip()]
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not a text list of image paths ({e})") from None
     if not files:
         raise ValueError(f"{path} lists no images")
     items = [(p if os.path.isabs(p) else os.path.join(base, p), -1) for p in files]
@@ -122,9 +146,9 @@ def _to_uint8(img: Image.Image, size: int) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
 
 
-def _decode(items, size: int, skip_bad: bool, open_image: Callable, desc: str):
+def _decode(items, size: int, skip_bad: bool, open_image: Callable, desc: str, progress: bool = True):
     images, labels, paths, bad = [], [], [], 0
-    for path, label in tqdm(items, desc=desc, unit="img", leave=False):
+    for path, label in tqdm(items, desc=desc, unit="img", leave=False, disable=not progress):
         try:
             with open_image(path) as img:
                 images.append(_to_uint8(img, size))
@@ -142,53 +166,123 @@ def _decode(items, size: int, skip_bad: bool, open_image: Callable, desc: str):
     return torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64), paths
 
 
+def file_stamp(path: str) -> Tuple[int, int]:
+    """(size, mtime_ns) of an image file; (-1, -1) for a dangling link, which the decode
+    then reports (or skips) as an unreadable image."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return -1, -1
+    return st.st_size, st.st_mtime_ns
+
+
 def _cache_key(root: str, size: int, items) -> str:
     h = hashlib.sha1(f"{os.path.abspath(root)}|{size}".encode())
     for path, label in items:
-        st = os.stat(path)
-        h.update(f"|{os.path.relpath(path, root)}|{label}|{st.st_size}|{st.st_mtime_ns}".encode())
+        st_size, st_mtime_ns = file_stamp(path)
+        h.update(f"|{os.path.relpath(path, root)}|{label}|{st_size}|{st_mtime_ns}".encode())
     return h.hexdigest()[:20]
 
 
 def _save_atomic(obj: Dict, path: str) -> None:
     from .checkpoint import save_atomic
+    _remove_dead_temporaries(os.path.dirname(path))
     save_atomic(obj, path)
+
+
+def _remove_dead_temporaries(folder: str, min_age_s: float = 3600) -> None:
+    """The cache is shared by concurrent runs: only temporaries (.tmp-PID-*) whose writer
+    is gone from this machine and that are an hour old go (a killed decode's leftover)."""
+    if not os.path.isdir(folder):
+        return
+    now = time.time()
+    for entry in os.scandir(folder):
+        m = re.match(r"\.tmp-(\d+)-", entry.name)
+        if not m or int(m.group(1)) == os.getpid():
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+            continue  # alive (or another user's)
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OverflowError):
+            continue
+        try:
+            if now - entry.stat(follow_symlinks=False).st_mtime > min_age_s:
+                os.unlink(entry.path)
+        except FileNotFoundError:  # another run cleaned it first
+            pass
 
 
 def default_cache_dir() -> str:
     return os.environ.get("SIMCORE_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "simcore"))
 
 
+def check_cache_dir(cache_dir: Optional[str]) -> None:
+    """The cache folder may not exist yet, but no file may stand where it (or a folder
+    above it) would be."""
+    path = os.path.abspath(cache_dir or default_cache_dir())
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        raise ValueError(f"--cache-dir {cache_dir or default_cache_dir()}: {path} is a file, not a folder")
+
+
+def _read_cache(path: str, size: int) -> Optional[Dict]:
+    """A cache entry, or None if it is missing or does not load as one (a damaged entry is
+    a miss: decoded again and rewritten)."""
+    if not os.path.exists(path):
+        return None
+    try:
+        d = torch.load(path, weights_only=True)
+        n = d["images"].shape[0]
+        ok = (d["images"].dtype == torch.uint8 and tuple(d["images"].shape[1:]) == (3, size, size)
+              and d["labels"].dtype == torch.int64 and tuple(d["labels"].shape) == (n,)
+              and len(d["paths"]) == n and all(isinstance(p, str) for p in d["paths"])
+              and all(isinstance(c, str) for c in d["classes"]))
+    except Exception:  # noqa: BLE001 - truncated files, foreign content, anything
+        ok = False
+    if not ok:
+        log.warning("image cache %s is damaged: decoding again", path)
+        return None
+    return d
+
+
 def load_images(spec: str, size: int, *, cache_dir: Optional[str] = None, skip_bad: bool = False,
-                download_root: Optional[str] = None) -> ImageSet:
+                download_root: Optional[str] = None, progress: bool = True) -> ImageSet:
     """Decodes a dataset into uint8 [N, 3, size, size] (cached; see the module docstring).
     download_root: where torchvision datasets are stored (default: <cache_dir>/torchvision)."""
     if not (isinstance(size, int) and size >= 1):
         raise ValueError(f"size must be a positive int, got {size!r}")
     kind, name, split = parse_spec(spec)
+    check_cache_dir(cache_dir)
     cache_dir = cache_dir or default_cache_dir()
     if kind in ("folder", "list"):
         items, classes = list_items(kind, name)
         key = _cache_key(name if kind == "folder" else os.path.dirname(os.path.abspath(name)), size, items)
         cache = os.path.join(cache_dir, "images", f"{os.path.basename(os.path.normpath(name))}-{size}px-{key}.pt")
-        if os.path.exists(cache):
-            d = torch.load(cache, weights_only=True)
+        d = _read_cache(cache, size)
+        # an entry that skipped unreadable files serves only runs that skip them too: without
+        # skip_bad the decode below stops at the first such file, as with no cache
+        if d is not None and (skip_bad or len(d["paths"]) == len(items)):
             paths = list(d["paths"])
             if len(paths) == len(items):  # the files as listed now (absolute), whoever decoded them
                 paths = [p for p, _ in items]
+            elif paths:
+                log.warning("skipped %d unreadable image(s) of %d", len(items) - len(paths), len(items))
             if all(os.path.isabs(p) for p in paths):
                 return ImageSet(d["images"], d["labels"], list(d["classes"]), paths)
-        images, labels, paths = _decode(items, size, skip_bad, Image.open, f"decoding {name}")
+        images, labels, paths = _decode(items, size, skip_bad, Image.open, f"decoding {name}", progress)
         _save_atomic(dict(images=images, labels=labels, classes=classes, paths=paths), cache)
         return ImageSet(images, labels, classes, paths)
-    return _load_torchvision(name, split, size, cache_dir, skip_bad, download_root)
+    return _load_torchvision(name, split, size, cache_dir, skip_bad, download_root, progress)
 
 
 def _load_torchvision(name: str, split: str, size: int, cache_dir: str, skip_bad: bool,
-                      download_root: Optional[str]) -> ImageSet:
+                      download_root: Optional[str], progress: bool = True) -> ImageSet:
     cache = os.path.join(cache_dir, "images", f"torchvision-{name}-{split}-{size}px.pt")
-    if os.path.exists(cache):
-        d = torch.load(cache, weights_only=True)
+    d = _read_cache(cache, size)
+    if d is not None:
         return ImageSet(d["images"], d["labels"], list(d["classes"]), list(d["paths"]))
     import torchvision.datasets as tvd
     cls_name, how, _, _ = TORCHVISION[name]
@@ -209,7 +303,7 @@ def _load_torchvision(name: str, split: str, size: int, cache_dir: str, skip_bad
         return img if isinstance(img, Image.Image) else Image.fromarray(np.asarray(img))
 
     images, _, paths = _decode([(r, -1) for r in refs], size, skip_bad, open_image,
-                               f"decoding {name}:{split}")
+                               f"decoding {name}:{split}", progress)
     labels = torch.tensor([seen_labels[p] for p in paths], dtype=torch.int64)
     _save_atomic(dict(images=images, labels=labels, classes=classes, paths=paths), cache)
     return ImageSet(images, labels, classes, paths)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Optional
 
 import numpy as np
@@ -25,10 +26,10 @@ class FeatureSource:
     cache (images up to 96 px) or decoded by DataLoader workers (larger)."""
 
     def __init__(self, data: str, size: int, cache_dir: Optional[str] = None, skip_bad: bool = False,
-                 workers: int = -1):
+                 workers: int = -1, progress: bool = True):
         self.size, self.workers = size, workers if workers >= 0 else default_workers()
         if size <= SMALL_IMAGES:
-            self.images = load_images(data, size, cache_dir=cache_dir, skip_bad=skip_bad)
+            self.images = load_images(data, size, cache_dir=cache_dir, skip_bad=skip_bad, progress=progress)
             self.files, self.paths, self.classes = None, self.images.paths, self.images.classes
         else:
             self.images = None
@@ -69,12 +70,23 @@ def features_of(backbone, source: FeatureSource, batch_size: int = 512) -> torch
 def load_backbone(checkpoint: str, device: torch.device):
     """The pretrained backbone of a `simcore pretrain` checkpoint, and the run's config."""
     state = load_checkpoint(checkpoint)
-    if "model" not in state or "config" not in state:
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict) or not isinstance(state.get("config"), dict):
         raise ValueError(f"{checkpoint} is not a simcore pretraining checkpoint")
     cfg = state["config"]
-    backbone = build_backbone(cfg["arch"], small_images=cfg["image_size"] <= SMALL_IMAGES)
+    for key, kind in (("arch", str), ("image_size", int)):
+        if not isinstance(cfg.get(key), kind) or isinstance(cfg.get(key), bool):
+            raise ValueError(f"{checkpoint}: its config has no valid {key!r} ({cfg.get(key)!r})")
+    try:
+        backbone = build_backbone(cfg["arch"], small_images=cfg["image_size"] <= SMALL_IMAGES)
+    except ValueError as e:
+        raise ValueError(f"{checkpoint}: {e}") from None
     weights = {k[len("backbone."):]: v for k, v in state["model"].items() if k.startswith("backbone.")}
-    backbone.load_state_dict(weights)
+    try:
+        backbone.load_state_dict(weights)
+    except (RuntimeError, TypeError, AttributeError) as e:  # torch lists every key: one line says enough
+        detail = [line.strip() for line in str(e).splitlines()[1:] if line.strip()]
+        raise ValueError(f"{checkpoint}: its weights do not fit its config's arch {cfg['arch']!r} "
+                         f"({detail[0][:200] if detail else e})") from None
     return backbone.to(device).eval(), cfg
 
 
@@ -94,12 +106,15 @@ def extract(encoder, data: str, out: str, dtype: str = "float16", batch_size: in
         raise ValueError(f"dtype must be float16 or float32, got {dtype!r}")
     if not out.endswith(".npy"):
         raise ValueError(f"out must be a .npy path, got {out!r}")
+    for name, value in (("batch_size", batch_size), ("chunk_rows", chunk_rows)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     from .encoders import Encoder, load_encoder
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if not isinstance(encoder, Encoder):
         encoder = load_encoder(os.fspath(encoder), device=dev)
     backbone = encoder.module.to(dev).eval()
-    source = FeatureSource(data, encoder.size, cache_dir, skip_bad, workers)
+    source = FeatureSource(data, encoder.size, cache_dir, skip_bad, workers, progress)
     n, dim = len(source), encoder.dim
     partial, marker = out + ".partial", out + ".progress.json"
     import hashlib
@@ -110,11 +125,18 @@ def extract(encoder, data: str, out: str, dtype: str = "float16", batch_size: in
             rows.update(f"|{st_p.st_size}|{st_p.st_mtime_ns}".encode())
     rows = rows.hexdigest()
     job = dict(encoder=encoder.identity, data=data, n=n, dim=dim, dtype=dtype, rows=rows)
+    folder, base = os.path.split(os.path.abspath(out))
+    for name in os.listdir(folder) if os.path.isdir(folder) else ():  # a killed run's temporaries
+        if re.fullmatch(re.escape(base) + r"(\.paths|\.progress\.json)\.tmp-\d+", name):
+            os.remove(os.path.join(folder, name))
     done = 0
     if os.path.exists(partial) and os.path.exists(marker):
-        with open(marker) as f:
-            saved = json.load(f)
-        if {k: saved.get(k) for k in job} == job:
+        try:
+            with open(marker) as f:
+                saved = json.load(f)
+        except ValueError:  # a damaged marker: start over
+            saved = {}
+        if isinstance(saved, dict) and {k: saved.get(k) for k in job} == job:
             done = int(saved["rows_done"])  # resume after the last complete chunk
     if done == 0:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

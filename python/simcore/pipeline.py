@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from . import plots
-from .data import list_items, parse_spec
+from .data import file_stamp, list_items, parse_spec
 
 STAGES = ("pretrain", "extract", "centroids", "select", "retrain", "baseline", "eval", "report")
 STAGE_FOLDERS = {s: ("features" if s == "extract" else s) for s in STAGES}
@@ -120,6 +120,8 @@ class RunConfig:
         if self.retrieval_size is not None:
             from .encoders import check_size
             check_size(self.retrieval_size)
+        from .data import check_cache_dir
+        check_cache_dir(self.cache_dir)
         self.train_config([self.target], os.path.join(self.out, "pretrain")).check()
         kind = parse_spec(self.target)[0]
         if self.test is not None:
@@ -132,6 +134,9 @@ class RunConfig:
                 a, b = list_items(kind, self.target)[1], list_items(tkind, self.test)[1]
                 if a != b:
                     raise ValueError(f"--target and --test have different classes: {a} vs {b}")
+                if len(a) < 2:
+                    raise ValueError(f"--target {self.target} has one class ({a[0]}): the evaluation "
+                                     "needs at least two (any encoder scores 100%); drop --test")
         if kind != "torchvision":
             n = _count(self.target)
             if n < self.batch_size:
@@ -140,14 +145,18 @@ class RunConfig:
         return self
 
     def _check_out(self) -> None:
-        out = os.path.abspath(self.out)
+        out = os.path.realpath(self.out)  # symlinks resolved, on either side
         check_out_folder(self.out, "run folder")
         for spec in [self.target] + list(self.openset) + ([self.test] if self.test else []):
             kind, name, _ = parse_spec(spec)  # a list names its files: only a folder would take in ours
-            root = os.path.abspath(name)
+            root = os.path.realpath(name)
             if kind == "folder" and (out == root or out.startswith(root + os.sep)):
                 raise ValueError(f"--out {self.out} lies inside the data folder {name}: its files would "
                                  "become data")
+            for folder in sorted(set(STAGE_FOLDERS.values())) if kind != "torchvision" else ():
+                if (root + os.sep).startswith(os.path.join(out, folder) + os.sep):
+                    raise ValueError(f"the data {name} lies in {folder}/ of --out {self.out}: that stage "
+                                     "would delete it")
         if os.path.isdir(out) and not os.path.exists(os.path.join(out, "manifest.json")):
             mine = sorted(set(STAGE_FOLDERS.values()) & set(os.listdir(out)))
             if mine:
@@ -202,8 +211,8 @@ def fingerprint(spec: str) -> str:
         items, classes = list_items(kind, name)
         h.update("|".join(classes).encode())
         for path, label in items:
-            st = os.stat(path)
-            h.update(f"|{path}|{label}|{st.st_size}|{st.st_mtime_ns}".encode())
+            st_size, st_mtime_ns = file_stamp(path)
+            h.update(f"|{path}|{label}|{st_size}|{st_mtime_ns}".encode())
     return h.hexdigest()
 
 
@@ -390,6 +399,8 @@ class Run:
         if os.path.exists(folder) and (forced or (not resume and stage not in SELF_VALIDATING)):
             shutil.rmtree(folder)  # another key, or forced: nothing of it may be trusted
         os.makedirs(folder, exist_ok=True)
+        from .checkpoint import remove_temporaries
+        remove_temporaries(folder)  # a killed attempt's, in a kept folder (we hold the run lock)
         self.manifest["stages"][stage] = dict(status="running", key=key, started=time.time())
         self._save_manifest()
         self.log(f"[{stage}] {'resuming' if resume else 'running'}")
@@ -451,7 +462,12 @@ class Run:
         paths = []
         for i in range(len(self.cfg.openset)):
             with open(self.path("features", f"openset_{i}.paths.txt")) as f:
-                paths += [line.rstrip("\n") for line in f]
+                part = [line.rstrip("\n") for line in f]
+            rows = int(np.load(self.path("features", f"openset_{i}.npy"), mmap_mode="r").shape[0])
+            if len(part) != rows:  # every later index would name the wrong image
+                raise ValueError(f"{self.path('features', f'openset_{i}.paths.txt')} lists {len(part)} images for "
+                                 f"{rows} feature rows: rerun with --from-stage extract")
+            paths += part
         return paths
 
     def stage_select(self) -> dict:
@@ -519,14 +535,17 @@ class Run:
                              test=self.fingerprints["test"], linear_epochs=self.cfg.linear_epochs, seed=self.cfg.seed))
             path = self.path("eval", f"{stage}.json")
             if os.path.exists(path):
-                with open(path) as f:
-                    saved = json.load(f)
-                if saved.get("key") == key:
+                try:
+                    with open(path) as f:
+                        saved = json.load(f)
+                except ValueError:  # damaged: evaluated again
+                    saved = None
+                if isinstance(saved, dict) and saved.get("key") == key and isinstance(saved.get("results"), dict):
                     results[label] = saved["results"]
                     continue
             if sets is None:
                 sets = [FeatureSource(x, self.cfg.image_size, self.cfg.cache_dir, self.cfg.skip_bad_images,
-                                      self.cfg.workers) for x in (self.cfg.target, self.cfg.test)]
+                                      self.cfg.workers, self.progress) for x in (self.cfg.target, self.cfg.test)]
                 if sets[0].classes != sets[1].classes:
                     raise ValueError(f"target and test have different classes: {sets[0].classes} vs {sets[1].classes}")
                 ytr, yte = sets[0].labels(), sets[1].labels()

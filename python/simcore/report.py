@@ -35,8 +35,11 @@ def openset_labels(run) -> Optional[np.ndarray]:
 
 def read_groups(path: str) -> Dict[str, str]:
     """folder -> group from a TSV with `folder` and `group` columns (openset_classes.tsv)."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f, delimiter="\t"))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f"{path}: not a readable tab-separated text file ({e})") from None
     if not rows or not {"folder", "group"} <= set(rows[0]):
         raise ValueError(f"{path}: expected a tab-separated file with 'folder' and 'group' columns")
     return {r["folder"]: r["group"] for r in rows}

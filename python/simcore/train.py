@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import numbers
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -34,6 +35,7 @@ from .models import build_backbone, parse_arch
 from .optim import LARS, lr_at
 
 SMALL_IMAGES = 96  # the tensor fast path: images up to this size
+SEED_MAX = 2**32 - 1  # generators are seeded with seed * 1_000_003 + step, within 64 bits
 
 
 @dataclass
@@ -95,6 +97,19 @@ class TrainConfig:
             raise ValueError(f"warmup_steps must be an int in [0, steps], got {self.warmup_steps!r}")
         if self.warmup_epochs < 0 or (self.steps is None and self.warmup_epochs > self.epochs):
             raise ValueError(f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs}")
+        # numbers that would only fail epochs later (a NaN loss) or deep inside torch
+        for name, low in (("lr", 0), ("base_lr", 0), ("weight_decay", None), ("momentum", None)):
+            x = getattr(self, name)
+            if x is not None and (isinstance(x, bool) or not isinstance(x, numbers.Real) or not math.isfinite(x)
+                                  or x < 0 or (low is not None and x <= low)):
+                raise ValueError(f"{name} must be a finite number {'> 0' if low is not None else '>= 0'}, got {x!r}")
+        t = self.method_options.get("temperature")
+        if t is not None and (isinstance(t, bool) or not isinstance(t, numbers.Real) or not math.isfinite(t) or t <= 0):
+            raise ValueError(f"temperature must be a finite number > 0, got {t!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or not 0 <= self.seed <= SEED_MAX:
+            raise ValueError(f"seed must be an int in [0, {SEED_MAX}], got {self.seed!r}")
+        from .data import check_cache_dir
+        check_cache_dir(self.cache_dir)
         return self
 
     @property
@@ -206,6 +221,9 @@ def pretrain(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> L
         raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue that run, or choose "
                               "another --out")
     state = _resume_state(ckpt_path, cfg) if resume else None  # checked before any work
+    if state is not None and rank == 0:
+        from .checkpoint import remove_temporaries
+        remove_temporaries(cfg.out)  # a killed epoch's half-written checkpoint, metrics, config
     large = cfg.image_size > SMALL_IMAGES
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if world > 1 and local_rank != 0:
@@ -216,8 +234,8 @@ def pretrain(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> L
             .with_transform(train_transform(cfg.image_size, cfg.min_crop), views=2) for s in cfg.data])
         n = len(files)
     else:  # decoded once, resident on the device
-        images = torch.cat([load_images(s, cfg.image_size, cache_dir=cfg.cache_dir,
-                                        skip_bad=cfg.skip_bad_images).images for s in cfg.data])
+        images = torch.cat([load_images(s, cfg.image_size, cache_dir=cfg.cache_dir, skip_bad=cfg.skip_bad_images,
+                                        progress=progress and rank == 0).images for s in cfg.data])
         n = images.shape[0]
     if world > 1 and local_rank == 0:
         dist.barrier()
@@ -243,9 +261,13 @@ def pretrain(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> L
     opt = opt_cls(params, lr=cfg.peak_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     start_epoch = 0
     if state is not None:
-        method.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start_epoch = int(state["epoch"])
+        try:
+            method.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            start_epoch = int(state["epoch"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ValueError(f"--resume: {ckpt_path} does not fit its configuration ({first})") from None
     if rank == 0:
         os.makedirs(cfg.out, exist_ok=True)
         # the schedule as run (images counted after --skip-bad-images): `simcore run` matches it
