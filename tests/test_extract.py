@@ -68,7 +68,7 @@ def test_extract_resumes_after_an_interruption(run, tmp_path, monkeypatch):
 def test_extract_errors(run, tmp_path):
     with pytest.raises(ValueError, match=".npy"):
         extract(str(run / "run" / "checkpoint.pt"), str(run / "imgs"), str(tmp_path / "f.bin"))
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         extract(str(tmp_path / "none.pt"), str(run / "imgs"), str(tmp_path / "f.npy"))
 
 
