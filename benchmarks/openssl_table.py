@@ -5,9 +5,13 @@ dog breeds as the fine-grained target X, its 50,300-image open-set OS as U.
 
 Rows, as in the paper, every one pretrained with SimCLR for the same number of optimizer
 steps from the same initialisation seed: X; OS; X+OS; X+OS_rand (1%, 5%, and the size the
-stop criterion chose); X+OS_SimCore (1%, 5%, stop criterion). The SimCore retrieval encoder
-is the X row's encoder (pretrained on X alone, as in the paper); centroids and selection
-see features only, never the open-set folders. Each encoder is scored on dogs/test by
+stop criterion chose); X+OS_SimCore (1%, 5%, stop criterion); X+OS_oracle at the same sizes
+(the open-set's target-class and dog images: the paper's motivating experiment, the ceiling
+of any sampler), and the share of the oracle's gain each sampler recovers. The SimCore
+retrieval encoder is the X row's encoder (pretrained on X alone, as in the paper) or
+--retrieval-encoder (any simcore.encoders spec); centroids and selection see features only,
+never the open-set folders. Beside each SimCore coreset, the precision of the reference
+samplers of the same size on the same features (nearest to X, nearest to X's mean). Each encoder is scored on dogs/test by
 weighted kNN (k = 20, 200) and a linear probe fit on dogs/train; each sampler by its
 selection precision: the share of its coreset in the `target-class` and `dog` groups of
 openset_classes.tsv. A reference sampler runs SimCore on raw 8x8 pixels, and an analysis
@@ -36,15 +40,20 @@ import torch.nn.functional as F
 from simcore.data import load_images
 from simcore.evaluate import features, knn, linear_probe
 from simcore.extract import extract, load_backbone
+from simcore.samplers import nearest_to_mean, nearest_to_target
 from simcore.train import TrainConfig, pretrain
 from simcore_ext import select_coreset
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 # (name, what it pretrains on): sampler names refer to coresets drawn per seed
 ROWS = [("X", ["X"]), ("X+OS_SimCore (1%)", ["X", "simcore-1%"]), ("X+OS_rand (1%)", ["X", "random-1%"]),
+        ("X+OS_oracle (1%)", ["X", "oracle-1%"]),
         ("X+OS_SimCore (stop)", ["X", "simcore-stop"]), ("X+OS_rand (stop size)", ["X", "random-stop"]),
+        ("X+OS_oracle (stop size)", ["X", "oracle-stop"]),
         ("X+OS_SimCore (5%)", ["X", "simcore-5%"]), ("X+OS_rand (5%)", ["X", "random-5%"]),
+        ("X+OS_oracle (5%)", ["X", "oracle-5%"]),
         ("X+OS", ["X", "OS"]), ("OS", ["OS"])]
+LABELS = ("1%", "stop", "5%")
 GOOD_GROUPS = ("target-class", "dog")
 
 
@@ -73,37 +82,64 @@ def precision(indices, folder_of, group_of):
 
 
 def samplers(args, seed, work, openset_dir, x_ckpt, x_dir, folder_of, group_of, raw):
-    """Coresets of this seed: SimCore (1%, 5%, stop) on the X encoder's features, random of
-    the same sizes, SimCore on raw pixels (reference). Cached in WORK/seedS/coresets.json."""
-    path = os.path.join(work, "coresets.json")
+    """Coresets of this seed: SimCore (1%, 5%, stop) on the retrieval encoder's features
+    (the X row's, or --retrieval-encoder), random of the same sizes, the oracle (the
+    open-set's target-class and dog images, as many as there are, at most the size), the
+    reference samplers nearest to X and to X's mean, and SimCore on raw pixels (reference).
+    Cached in WORK/seedS/coresets[-ENCODER].json; sets added later join a cached file."""
+    tag = _encoder_tag(args)
+    path = os.path.join(work, f"coresets{tag}.json")
+    out = dict(sets={}, info={}, precision={})
     if os.path.exists(path):
         with open(path) as f:
-            return json.load(f)
+            out = json.load(f)
+    sets, info = out["sets"], out["info"]
     feats = {}
+    encoder = None
     for name, data in (("X", x_dir), ("U", openset_dir)):
-        out = os.path.join(work, f"features-{name}.npy")
-        if not os.path.exists(out):
-            extract(x_ckpt, data, out, dtype="float32", cache_dir=args.cache_dir, progress=False)
-        feats[name] = np.load(out, mmap_mode="r")
-    N = feats["U"].shape[0]
-    with open(os.path.join(work, "features-U.paths.txt")) as f:
+        f = os.path.join(work, f"features{tag}-{name}.npy")
+        if not os.path.exists(f):
+            if encoder is None:
+                from simcore.encoders import load_encoder
+                spec = args.retrieval_encoder or f"checkpoint:{x_ckpt}"
+                encoder = load_encoder(spec, args.retrieval_size)
+            extract(encoder, data, f, dtype="float32", cache_dir=args.cache_dir, progress=False)
+        feats[name] = f
+    with open(os.path.join(work, f"features{tag}-U.paths.txt")) as f:
         assert [line.rstrip("\n") for line in f] == raw["paths"], "feature rows and images differ"
-    sets, info = {}, {}
+    X, N = np.load(feats["X"]), len(raw["paths"])
+    good = np.flatnonzero(np.isin([group_of.get(x, "unlisted") for x in folder_of], GOOD_GROUPS))
     for label, budget, tau in (("1%", 0.01, None), ("5%", 0.05, None), ("stop", None, 0.95)):
-        t0 = time.perf_counter()
-        r = select_coreset(feats["X"], os.path.join(work, "features-U.npy"), k=args.k, budget=budget,
-                           tau=tau, seed=seed, progress=False)
-        sets[f"simcore-{label}"] = r.indices.tolist()
-        info[f"simcore-{label}"] = dict(items=len(r), rounds=r.rounds, stop_reason=r.stop_reason,
-                                        seconds=time.perf_counter() - t0)
-        rng = np.random.default_rng(seed * 7919 + len(r))
-        sets[f"random-{label}"] = sorted(rng.choice(N, size=len(r), replace=False).tolist())
-    r = select_coreset(raw["X"], raw["U"], k=args.k, budget=0.01, tau=None, seed=seed, progress=False)
-    sets["raw-pixels-1%"] = r.indices.tolist()
-    out = dict(sets=sets, info=info,
-               precision={name: precision(ix, folder_of, group_of) for name, ix in sets.items()})
+        if f"simcore-{label}" not in sets:
+            t0 = time.perf_counter()
+            r = select_coreset(X, feats["U"], k=args.k, budget=budget, tau=tau, seed=seed, progress=False)
+            sets[f"simcore-{label}"] = r.indices.tolist()
+            info[f"simcore-{label}"] = dict(items=len(r), rounds=r.rounds, stop_reason=r.stop_reason,
+                                            seconds=time.perf_counter() - t0)
+        n = len(sets[f"simcore-{label}"])
+        if f"random-{label}" not in sets:
+            rng = np.random.default_rng(seed * 7919 + n)
+            sets[f"random-{label}"] = sorted(rng.choice(N, size=n, replace=False).tolist())
+        if f"oracle-{label}" not in sets:  # the paper's motivating experiment: the right images
+            rng = np.random.default_rng(seed * 7919 + n + 1)
+            sets[f"oracle-{label}"] = sorted(rng.choice(good, size=min(n, good.size), replace=False).tolist())
+        for name, fn in (("nearest-X", nearest_to_target), ("nearest-mean", nearest_to_mean)):
+            if f"{name}-{label}" not in sets:
+                sets[f"{name}-{label}"] = fn(X, feats["U"], n).tolist()
+    if "raw-pixels-1%" not in sets:
+        r = select_coreset(raw["X"], raw["U"], k=args.k, budget=0.01, tau=None, seed=seed, progress=False)
+        sets["raw-pixels-1%"] = r.indices.tolist()
+    out["precision"] = {name: precision(ix, folder_of, group_of) for name, ix in sets.items()}
     _write_json(out, path)
     return out
+
+
+def _encoder_tag(args) -> str:
+    """'' for the X row's encoder (the cached files of earlier runs), else a file-name tag."""
+    if not args.retrieval_encoder:
+        return ""
+    return "-" + "".join(c if c.isalnum() or c in "-." else "_" for c in args.retrieval_encoder) + \
+        (f"-{args.retrieval_size}px" if args.retrieval_size else "")
 
 
 def raw_pixels(x_dir, openset_dir, cache_dir):
@@ -116,7 +152,13 @@ def raw_pixels(x_dir, openset_dir, cache_dir):
     return dict(X=X, U=U, paths=paths)
 
 
+def row_tag(args, parts) -> str:
+    """Rows that train on a coreset depend on the retrieval encoder (the sizes too)."""
+    return _encoder_tag(args) if any(p not in ("X", "OS") for p in parts) else ""
+
+
 def run_row(args, seed, name, parts, work, x_dir, openset_dir, coresets, train, test):
+    tag = row_tag(args, parts)
     data = []
     for part in parts:
         if part == "X":
@@ -124,15 +166,16 @@ def run_row(args, seed, name, parts, work, x_dir, openset_dir, coresets, train, 
         elif part == "OS":
             data.append(openset_dir)
         else:
-            lst = os.path.join(work, f"{part}.txt")
+            lst = os.path.join(work, f"{part}{tag}.txt")
             if not os.path.exists(lst):
-                with open(os.path.join(work, "features-U.paths.txt")) as f:
+                with open(os.path.join(work, f"features{tag}-U.paths.txt")) as f:
                     paths = [line.rstrip("\n") for line in f]
                 with open(lst + ".tmp", "w") as f:
                     f.writelines(paths[i] + "\n" for i in coresets["sets"][part])
                 os.replace(lst + ".tmp", lst)
             data.append(lst)
-    out = os.path.join(work, name.replace(" ", "_").replace("%", "pc").replace("(", "").replace(")", ""))
+    out = os.path.join(work, name.replace(" ", "_").replace("%", "pc").replace("(", "").replace(")", "") + tag
+                       + ("" if args.steps == 420 else f"-{args.steps}steps"))
     cfg = TrainConfig(data=data, out=out, method="simclr", arch=args.arch, steps=args.steps,
                       warmup_steps=args.steps // 10, batch_size=args.batch_size, lr=args.lr,
                       seed=seed, cache_dir=args.cache_dir)
@@ -158,34 +201,64 @@ def mean_std(values):
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def _label(sampler: str) -> str:
+    return sampler.rsplit("-", 1)[1]  # simcore-1% -> 1%
+
+
+def gain_recovered(rows_by_name, metric: str, sampler_row: str, oracle_row: str, x_row: str = "X"):
+    """(X+sampler - X) / (X+oracle - X) of the seed means; None where the oracle does not beat X."""
+    m = {r: statistics.mean(v[metric] for v in rows_by_name[r]) for r in (sampler_row, oracle_row, x_row)
+         if rows_by_name.get(r)}
+    if len(m) < 3 or m[oracle_row] - m[x_row] <= 0:
+        return None
+    return (m[sampler_row] - m[x_row]) / (m[oracle_row] - m[x_row])
+
+
 def table(results, coresets, args, base_rate):
-    """The markdown table: accuracy rows (mean +- std over seeds) and sampler precision."""
+    """The markdown table: accuracy rows (mean +- std over seeds), sampler precision and the
+    share of the oracle's gain each sampler recovers."""
     fmt = lambda v: "{:.1f} ± {:.1f}".format(*mean_std(v))  # noqa: E731
     seeds = sorted({r["seed"] for r in results.values()})
+    encoder = f"`{args.retrieval_encoder}`" + (f" at {args.retrieval_size} px" if args.retrieval_size else "") \
+        if args.retrieval_encoder else "the X row"
     lines = [f"SimCLR {args.arch}, {args.steps} optimizer steps of batch {args.batch_size} per row "
              f"(lr {args.lr}, 32 px), seeds {seeds}; dogs/train (1,800) + open-set (50,300) -> "
-             f"dogs/test (300, 6 breeds); SimCore k = {args.k}, retrieval encoder = the X row.", "",
-             "| pretraining data | images | linear top-1 | kNN k=20 | kNN k=200 | selection precision |",
-             "|---|---|---|---|---|---|"]
+             f"dogs/test (300, 6 breeds); SimCore k = {args.k}, retrieval encoder = {encoder}. "
+             "Oracle = the open-set's target-class and dog images (3,200 in all), as many as the "
+             "sampler's size allows. Gain recovered = (X+sampler - X) / (X+oracle - X), linear / kNN k=20, "
+             "where the oracle beats X.", "",
+             "| pretraining data | images | linear top-1 | kNN k=20 | kNN k=200 | selection precision | gain recovered |",
+             "|---|---|---|---|---|---|---|"]
+    by_name = {name: [r for r in results.values() if r["row"] == name] for name, _ in ROWS}
     for name, parts in ROWS:
-        rs = [r for r in results.values() if r["row"] == name]
+        rs = by_name[name]
         if not rs:
             continue
         sampler = next((p for p in parts if p not in ("X", "OS")), None)
         prec = [coresets[str(r["seed"])]["precision"][sampler]["precision"] for r in rs] if sampler else None
+        gain = "-"
+        if sampler and not sampler.startswith("oracle"):
+            oracle = next(n for n, p in ROWS if p == ["X", f"oracle-{_label(sampler)}"])
+            g = [gain_recovered(by_name, m, name, oracle) for m in ("linear", "knn20")]
+            gain = " / ".join("-" if x is None else f"{x:.2f}" for x in g)
         lines.append(f"| {name} | {statistics.mean(r['images'] for r in rs):,.0f} | "
                      f"{fmt([r['linear'] for r in rs])} | {fmt([r['knn20'] for r in rs])} | "
-                     f"{fmt([r['knn200'] for r in rs])} | {fmt(prec) + '%' if prec else '-'} |")
+                     f"{fmt([r['knn200'] for r in rs])} | {fmt(prec) + '%' if prec else '-'} | {gain} |")
     raw = [c["precision"]["raw-pixels-1%"]["precision"] for c in coresets.values()]
     lines += ["", f"Reference sampler, SimCore on raw 8x8 pixels (1%): precision {fmt(raw)}%. "
               f"Precision = share of the coreset in the open-set's `target-class` and `dog` groups "
               f"(the whole open-set: {base_rate:.1f}%)."]
-    for label in ("1%", "5%", "stop"):
+    for label in LABELS:
         per = [c["precision"][f"simcore-{label}"] for c in coresets.values()]
         lines.append(f"SimCore ({label}): " + ", ".join(
                      f"{g} {fmt([p.get(g, 0.0) for p in per])}%" for g in ("target-class", "dog", "animal", "other"))
                      + "; "
                      f"{statistics.mean(c['info'][f'simcore-{label}']['items'] for c in coresets.values()):,.0f} items.")
+        ref = {name: [c["precision"][f"{name}-{label}"]["precision"] for c in coresets.values()
+                      if f"{name}-{label}" in c["precision"]] for name in ("nearest-X", "nearest-mean")}
+        if all(ref.values()):
+            lines.append(f"Same size, same features ({label}): nearest to X {fmt(ref['nearest-X'])}%, nearest to "
+                         f"X's mean {fmt(ref['nearest-mean'])}% precision.")
     return "\n".join(lines)
 
 
@@ -312,6 +385,10 @@ def main():
                     help="k values of the SimCore (1%%) precision analysis (analysis seeds)")
     ap.add_argument("--analysis-sizes", type=int, nargs="*", default=[32, 64],
                     help="image sizes (px) of the supervised-on-X retrieval encoder (analysis seeds)")
+    ap.add_argument("--retrieval-encoder", default=None, metavar="SPEC",
+                    help="select with this encoder (simcore.encoders: a checkpoint, torchvision:NAME[:FILE], "
+                    "efficientnet-lite0) instead of the X row's")
+    ap.add_argument("--retrieval-size", type=int, default=None, metavar="PX", help="its input size")
     ap.add_argument("--work-dir", default=os.path.expanduser("~/.cache/simcore/openssl_table"))
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--out", default=os.path.join(RESULTS, "openssl_table"), help="output prefix")
@@ -335,7 +412,7 @@ def main():
         work = os.path.join(args.work_dir, f"seed{seed}")
         os.makedirs(work, exist_ok=True)
         for name, parts in rows:
-            key = f"{name}/{seed}/{args.steps}"
+            key = f"{name}/{seed}/{args.steps}" + row_tag(args, parts)
             if key not in results:
                 results[key] = run_row(args, seed, name, parts, work, x_dir, openset_dir, coresets.get(str(seed)),
                                        train, test)
@@ -347,7 +424,8 @@ def main():
                                                folder_of, group_of, raw)
                 print(json.dumps({"seed": seed, "precision": coresets[str(seed)]["precision"],
                                   "info": coresets[str(seed)]["info"]}), flush=True)
-    mine = {k: v for k, v in results.items() if k.endswith(f"/{args.steps}") and v["seed"] in args.seeds}
+    wanted = {f"{name}/{seed}/{args.steps}" + row_tag(args, parts) for name, parts in ROWS for seed in args.seeds}
+    mine = {k: v for k, v in results.items() if k in wanted}
     md = table(mine, coresets, args, precision(np.arange(len(folder_of)), folder_of, group_of)["precision"])
     ablation = {"X+OS encoder": {}, "supervised-on-X encoder": {}}
     for seed in args.analysis_seeds:

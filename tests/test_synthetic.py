@@ -81,6 +81,17 @@ def test_shares_follow_the_arguments(tmp_path):
     assert {r["group"] for r in read_tsv(str(tmp_path / "e"))} == {"other"}
 
 
+def test_related_squares_carry_the_target_patterns(tmp_path):
+    m = make_demo_data(str(tmp_path / "d"), seed=0, classes=3, train_per_class=2, test_per_class=1,
+                       openset_size=60, share_target=0.1, share_related=0.3, related="squares")
+    rows = read_tsv(str(tmp_path / "d"))
+    related = sorted(r["folder"] for r in rows if r["group"] == "related")
+    assert related == sorted(c.replace("disc", "square") for c in m["classes"]) and m["counts"]["related"] == 18
+    assert m["params"]["related"] == "squares"
+    with pytest.raises(ValueError, match="related must be"):
+        make_demo_data(str(tmp_path / "e"), related="circles")
+
+
 def test_images_are_rgb_of_the_requested_size(small, tmp_path):
     root, _ = small
     for rel in files(root):

@@ -112,13 +112,14 @@ DEMO = dict(arch="resnet18-w0.25", epochs=30, batch_size=128, lr=0.3, warmup_epo
 
 
 def run_demo(out: str = "simcore-demo", seed: int = 0, from_stage: str | None = None,
-             progress: bool = True) -> int:
+             progress: bool = True, data_options: dict | None = None) -> int:
+    """data_options: overrides of DEMO_DATA (benchmarks compare generated worlds with it)."""
     from .pipeline import RunConfig, Run
     from .synthetic import make_demo_data
 
     t0 = time.perf_counter()
     data = os.path.join(out, "data")
-    info = make_demo_data(data, seed=seed, progress=progress, **DEMO_DATA)
+    info = make_demo_data(data, seed=seed, progress=progress, **dict(DEMO_DATA, **(data_options or {})))
     print(f"simcore demo: generated data in {data} ({time.perf_counter() - t0:.1f} s): "
           f"{_counts(info)}")
     cfg = RunConfig(target=os.path.join(data, "target", "train"), test=os.path.join(data, "target", "test"),

@@ -15,8 +15,10 @@ variants that differ only in the pattern (stripes, rings, spots, ...) and its de
 (coarse or fine: periods across the disc, so crops of the whole disc keep it). Those are
 structures that survive SimCLR's flips, colour jitter and grayscale; position, size,
 rotation, aspect, phase, colours, background, clutter and noise vary freely within a class.
-U holds new draws of the target's classes ("target-class"), the family's other variants
-("related") and ten visually distinct families with no disc ("other"). Every folder has
+U holds new draws of the target's classes ("target-class"), relatives ("related": with
+related="variants" the family's other variants, other patterns on the same disc; with
+"squares" the target's own variants drawn on a square, the same patterns on another
+object) and ten visually distinct families with no disc ("other"). Every folder has
 its own random stream (seed and folder name), so the same seed gives the same bytes.
 
 Raw pixels are a poor classifier (cosine 20-NN on 8x8 thumbnails: ~30% on the six default
@@ -151,7 +153,7 @@ def _tones(rng, n, hue):
     return light, dark
 
 
-def _discs(rng, n, S, pattern, density):
+def _discs(rng, n, S, pattern, density, shape="disc"):
     y, x = _grid(S)
     img = _smooth(rng, n, S, 4)
     gray = img.mean(axis=3, keepdims=True)  # the background is duller than the object
@@ -164,7 +166,7 @@ def _discs(rng, n, S, pattern, density):
     c, s = _col(np.cos(a)), _col(np.sin(a))
     u = ((x - cx) * c + (y - cy) * s) / r
     v = (-(x - cx) * s + (y - cy) * c) / (r * _col(rng.uniform(0.75, 1.0, n)))  # a slight ellipse
-    rho = np.hypot(u, v)
+    rho = np.hypot(u, v) if shape == "disc" else np.maximum(np.abs(u), np.abs(v))  # a square's "radius"
     f = _pattern(rng, n, pattern, density, u, v, rho)
     p = np.clip(0.5 + _col(rng.uniform(1.5, 4.0, n)) * f, 0, 1)
     # Golden-ratio steps spread the variants' typical hues around the circle.
@@ -288,8 +290,8 @@ def _render(draw, rng, n, S):
     return np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
 
 
-def _disc_drawer(pattern, density):
-    return lambda rng, n, S: _discs(rng, n, S, pattern, density)
+def _disc_drawer(pattern, density, shape="disc"):
+    return lambda rng, n, S: _discs(rng, n, S, pattern, density, shape)
 
 
 def _other_drawer(fn):
@@ -325,14 +327,17 @@ def _split(total, parts):
     return [total // parts + (i < total % parts) for i in range(parts)]
 
 
-def _plan(classes, train_per_class, test_per_class, openset_size, share_target, share_related):
+def _plan(classes, train_per_class, test_per_class, openset_size, share_target, share_related, related):
     """[(folder under root, image count, drawer)] and the TSV rows (folder, class, group, images) of U."""
-    target, related = VARIANTS[:classes], VARIANTS[classes:]
+    target = VARIANTS[:classes]
     n_t, n_r = round(share_target * openset_size), round(share_related * openset_size)
+    if related == "squares":  # the target's own patterns on another object
+        rel = [(_name(v).replace("disc", "square"), _disc_drawer(*v, "square")) for v in target]
+    else:  # the family's other patterns
+        rel = [(_name(v), _disc_drawer(*v)) for v in VARIANTS[classes:]]
     u = ([(_name(v), _name(v).replace("-", " "), "target-class", _disc_drawer(*v), k)
           for v, k in zip(target, _split(n_t, len(target)))]
-         + [(_name(v), _name(v).replace("-", " "), "related", _disc_drawer(*v), k)
-            for v, k in zip(related, _split(n_r, len(related)))]
+         + [(f, f.replace("-", " "), "related", draw, k) for (f, draw), k in zip(rel, _split(n_r, len(rel)))]
          + [(f, desc, "other", _other_drawer(fn), k)
             for (f, (desc, fn)), k in zip(OTHERS.items(), _split(openset_size - n_t - n_r, len(OTHERS)))])
     u = [row for row in u if row[-1]]  # no empty folders: folder readers reject them
@@ -367,7 +372,8 @@ def _remove_dead_tmp(root: str) -> None:
 
 def make_demo_data(root: str, seed: int = 0, *, image_size: int = 32, classes: int = 6,
                    train_per_class: int = 100, test_per_class: int = 50, openset_size: int = 6000,
-                   share_target: float = 0.05, share_related: float = 0.15, progress: bool = False) -> dict:
+                   share_target: float = 0.05, share_related: float = 0.15, related: str = "variants",
+                   progress: bool = False) -> dict:
     """Write the demo dataset under `root` (see the module docstring) and return its manifest.
     A root that already holds this very dataset is returned as is."""
     sizes = dict(train_per_class=train_per_class, test_per_class=test_per_class, openset_size=openset_size)
@@ -375,6 +381,10 @@ def make_demo_data(root: str, seed: int = 0, *, image_size: int = 32, classes: i
     _check(seed, image_size, classes, sizes, shares)
     params = dict(seed=int(seed), image_size=int(image_size), classes=int(classes),
                   **{k: int(v) for k, v in sizes.items()}, **{k: float(v) for k, v in shares.items()})
+    if related not in ("variants", "squares"):
+        raise ValueError(f"related must be 'variants' or 'squares', got {related!r}")
+    if related != "variants":  # older manifests (and folders) stay valid
+        params["related"] = related
 
     root = os.path.normpath(os.fspath(root))  # no trailing slash: tmp must be a sibling
     if os.path.exists(root):
@@ -384,7 +394,7 @@ def make_demo_data(root: str, seed: int = 0, *, image_size: int = 32, classes: i
         what = "demo data made with other parameters" if old is not None else "no demo data manifest"
         raise FileExistsError(f"{root} already exists and holds {what}; remove it or choose another folder")
 
-    jobs, rows = _plan(classes, train_per_class, test_per_class, openset_size, share_target, share_related)
+    jobs, rows = _plan(classes, train_per_class, test_per_class, openset_size, share_target, share_related, related)
     _remove_dead_tmp(root)
     tmp = f"{root}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)  # left by an earlier, killed run of this pid
