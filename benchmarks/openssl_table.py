@@ -87,7 +87,7 @@ def samplers(args, seed, work, openset_dir, x_ckpt, x_dir, folder_of, group_of, 
     open-set's target-class and dog images, as many as there are, at most the size), the
     reference samplers nearest to X and to X's mean, and SimCore on raw pixels (reference).
     Cached in WORK/seedS/coresets[-ENCODER].json; sets added later join a cached file."""
-    tag = _encoder_tag(args)
+    tag = _features_tag(args)
     path = os.path.join(work, f"coresets{tag}.json")
     out = dict(sets={}, info={}, precision={})
     if os.path.exists(path):
@@ -134,6 +134,11 @@ def samplers(args, seed, work, openset_dir, x_ckpt, x_dir, folder_of, group_of, 
     return out
 
 
+def _features_tag(args) -> str:
+    """Names the selection features: the X row's depend on its steps, another encoder's not."""
+    return _encoder_tag(args) or ("" if args.steps == 420 else f"-{args.steps}steps")
+
+
 def _encoder_tag(args) -> str:
     """'' for the X row's encoder (the cached files of earlier runs), else a file-name tag."""
     if not args.retrieval_encoder:
@@ -157,8 +162,14 @@ def row_tag(args, parts) -> str:
     return _encoder_tag(args) if any(p not in ("X", "OS") for p in parts) else ""
 
 
+def row_dir(args, work, name, tag=""):
+    """A row's run folder (other step counts get their own)."""
+    return os.path.join(work, name.replace(" ", "_").replace("%", "pc").replace("(", "").replace(")", "") + tag
+                        + ("" if args.steps == 420 else f"-{args.steps}steps"))
+
+
 def run_row(args, seed, name, parts, work, x_dir, openset_dir, coresets, train, test):
-    tag = row_tag(args, parts)
+    tag, ftag = row_tag(args, parts), _features_tag(args)
     data = []
     for part in parts:
         if part == "X":
@@ -166,16 +177,15 @@ def run_row(args, seed, name, parts, work, x_dir, openset_dir, coresets, train, 
         elif part == "OS":
             data.append(openset_dir)
         else:
-            lst = os.path.join(work, f"{part}{tag}.txt")
+            lst = os.path.join(work, f"{part}{ftag}.txt")
             if not os.path.exists(lst):
-                with open(os.path.join(work, f"features{tag}-U.paths.txt")) as f:
+                with open(os.path.join(work, f"features{ftag}-U.paths.txt")) as f:
                     paths = [line.rstrip("\n") for line in f]
                 with open(lst + ".tmp", "w") as f:
                     f.writelines(paths[i] + "\n" for i in coresets["sets"][part])
                 os.replace(lst + ".tmp", lst)
             data.append(lst)
-    out = os.path.join(work, name.replace(" ", "_").replace("%", "pc").replace("(", "").replace(")", "") + tag
-                       + ("" if args.steps == 420 else f"-{args.steps}steps"))
+    out = row_dir(args, work, name, tag)
     cfg = TrainConfig(data=data, out=out, method="simclr", arch=args.arch, steps=args.steps,
                       warmup_steps=args.steps // 10, batch_size=args.batch_size, lr=args.lr,
                       seed=seed, cache_dir=args.cache_dir)
@@ -282,7 +292,7 @@ def retrieval_ablation(args, seed, work, x_dir, openset_dir, folder_of, group_of
     """Analysis, not a paper row: SimCore (1%) precision when the retrieval encoder is the
     X+OS row's encoder (same steps, 52k images) instead of the X row's. Cached."""
     path = os.path.join(work, "retrieval_xos.json")
-    ckpt = os.path.join(work, "X+OS", "checkpoint.pt")
+    ckpt = os.path.join(row_dir(args, work, "X+OS"), "checkpoint.pt")
     if os.path.exists(path):
         with open(path) as f:
             return json.load(f)
@@ -420,7 +430,7 @@ def main():
                 print(json.dumps(results[key]), flush=True)
             if name == "X" and str(seed) not in coresets:
                 coresets[str(seed)] = samplers(args, seed, work, openset_dir,
-                                               os.path.join(work, "X", "checkpoint.pt"), x_dir,
+                                               os.path.join(row_dir(args, work, "X"), "checkpoint.pt"), x_dir,
                                                folder_of, group_of, raw)
                 print(json.dumps({"seed": seed, "precision": coresets[str(seed)]["precision"],
                                   "info": coresets[str(seed)]["info"]}), flush=True)
