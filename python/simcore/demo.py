@@ -136,8 +136,9 @@ def run_demo(out: str = "simcore-demo", seed: int = 0, from_stage: str | None = 
     sel = run.stage_record("select")
     print(f"\ncoreset: {sel['items']} of {sel['openset']} open-set images, {sel['rounds']} rounds "
           f"({sel['stop_reason']})")
+    width = max(map(len, comp), default=0)
     for name, shares in comp.items():
-        print(f"  {name:<9} " + ", ".join(f"{g} {v:.1f}%" for g, v in shares.items()))
+        print(f"  {name:<{width}}  " + ", ".join(f"{g} {v:.1f}%" for g, v in shares.items()))
     print(f"\nreport and plots: {os.path.join(out, 'report')} "
           f"({time.perf_counter() - t0:.0f} s in all)")
     return 0
