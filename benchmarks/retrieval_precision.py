@@ -51,7 +51,7 @@ def measure(args, spec, size, group_of, x_dir, openset_dir):
         out = os.path.join(work, f"{name}.npy")
         if not os.path.exists(out):
             extract(encoder, data, out, dtype="float16", cache_dir=args.cache_dir, progress=True,
-                    workers=args.workers)
+                    workers=args.workers, batch_size=args.batch_size, chunk_rows=2048)
         feats[name] = out
     extract_s = time.perf_counter() - t0
     with open(os.path.join(work, "U.paths.txt")) as f:
@@ -101,6 +101,7 @@ def main():
     ap.add_argument("--k", type=int, nargs="+", default=[100])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=-1)
+    ap.add_argument("--batch-size", type=int, default=64, help="extraction batch (small is faster on CPUs)")
     ap.add_argument("--work-dir", default=os.path.expanduser("~/.cache/simcore/retrieval_precision"))
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--out", default=os.path.join(RESULTS, "retrieval_precision"), help="output prefix")

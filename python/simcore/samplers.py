@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+
 def _shards(openset) -> list:
     shards = list(openset) if isinstance(openset, (list, tuple)) else [openset]
     return [np.load(x, mmap_mode="r") if isinstance(x, str) else x for x in shards]
