@@ -33,8 +33,11 @@ def test_pipeline_demo_small(tmp_path, capsys, monkeypatch):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--quiet"]) == 0
     text = capsys.readouterr().out
-    for line in ("X + random", "X + SimCore", "coreset: 20 of 200 open-set images", "SimCore   target-class"):
+    for line in ("X + random", "X + SimCore", "coreset: 20 of 200 open-set images"):
         assert line in text, line
+    rows = [line.split("  target-class")[0].strip() for line in text.splitlines() if "  target-class " in line]
+    assert rows == ["SimCore", "nearest to X", "nearest to mean", "random", "open-set"]  # aligned columns
+    assert len({line.index(" target-class") for line in text.splitlines() if "  target-class " in line}) == 1
     assert (out / "data" / "manifest.json").exists() and (out / "report" / "report.md").exists()
     if plots.available():
         assert {"rounds.png", "top_images.png", "accuracy.png", "composition_group.png"} <= set(
