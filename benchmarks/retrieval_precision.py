@@ -24,20 +24,13 @@ import time
 import numpy as np
 import torch
 
-from openssl_table import _folders, _groups, precision
+from openssl_table import _folders, _groups, _write_json, precision
 from simcore.encoders import load_encoder
 from simcore.extract import extract
 from simcore.samplers import nearest_to_mean, nearest_to_target
 from simcore_ext import select_coreset
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-
-
-def _write_json(obj, path):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
 
 
 def measure(args, spec, size, group_of, x_dir, openset_dir):
