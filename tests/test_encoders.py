@@ -96,8 +96,13 @@ def test_torchvision_local_file_and_wrong_weights(hub, tmp_path):
         load_encoder(f"torchvision:resnet50:{path}", 32)
     assert "\n" not in str(err.value)
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="cannot read weights"):
-        load_encoder(f"torchvision:resnet18:{tmp_path / 'junk.pth'}", 32)
+    (tmp_path / "empty.pth").write_bytes(b"")
+    os.symlink(tmp_path / "empty.pth", tmp_path / "link.pth")
+    for name, why in (("junk.pth", r"junk.pth: \S"), ("empty.pth", "empty.pth: the file is empty"),
+                      ("link.pth", "link.pth: the file is empty")):
+        with pytest.raises(ValueError, match=f"torchvision:resnet18: cannot read checkpoint .*{why}") as err:
+            load_encoder(f"torchvision:resnet18:{tmp_path / name}", 32)
+        assert "\n" not in str(err.value)
 
 
 def test_drop_last_linear_keeps_penultimate_features(hub, tmp_path):

@@ -348,6 +348,9 @@ def test_checkpoint_messages(tmp_path):
     with pytest.raises(ValueError, match=r"cannot read checkpoint .*junk.pt: \S") as e:
         load_checkpoint(str(tmp_path / "junk.pt"))
     assert "\n" not in str(e.value)
+    (tmp_path / "text.pt").write_text("junk\n")  # torch's legacy reader: a bare magic number
+    with pytest.raises(ValueError, match=r"text.pt: not a PyTorch file$"):
+        load_checkpoint(str(tmp_path / "text.pt"))
 
 
 def test_budget_and_groups_messages(data, tmp_path, capsys):

@@ -35,6 +35,8 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
         if "WeightsUnpickler error:" in text:  # past torch's advice: what the unpickler met
             text = text.split("WeightsUnpickler error:", 1)[1]
         first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+        if first.strip("'\"").isdigit():  # torch's legacy reader names a bad magic number, nothing else
+            first = "not a PyTorch file"
         raise ValueError(f"cannot read checkpoint {path}: {first}") from None
 
 

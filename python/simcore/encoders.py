@@ -188,10 +188,11 @@ def _torchvision_weights(name: str, weights: str):
 
 def _torchvision(name: str, path: str) -> nn.Module:
     import torchvision.models as tvm
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise ValueError(f"retrieval encoder torchvision:{name}: cannot read weights {path}: {e}") from None
+    from .checkpoint import load_checkpoint
+    try:  # empty, damaged, foreign or code-holding files: one line each
+        state = load_checkpoint(path)
+    except ValueError as e:
+        raise ValueError(f"retrieval encoder torchvision:{name}: {e}") from None
     model = tvm.get_model(name, weights=None)
     try:
         model.load_state_dict(state)
