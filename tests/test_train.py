@@ -137,9 +137,9 @@ def test_ddp_matches_one_process(folder, tmp_path, method):
     equals one process up to summation order. Both run in float64 (models, views, losses and
     BatchNorm statistics follow the default dtype): in float32 a last-bit difference grows to
     ~1e-4 in a weight within 3 steps on AVX2 oneDNN kernels (not on AVX-512), most likely
-    through a discrete flip such as a ReLU at zero (not pinned to one op); in float64 the two runs differ by <= 1e-15 on both (measured), while a
-    real difference (per-rank BatchNorm statistics, local negatives) moves the weights by
-    > 1e-5. The tolerances sit between the two."""
+    through a discrete flip such as a ReLU at zero (not pinned to one op); in float64 the two
+    runs differ by <= 1e-15 on both (measured), while a real difference (per-rank BatchNorm
+    statistics, local negatives) moves the weights by > 1e-5. The tolerances sit between."""
     single, got, a, b = _run_ddp(folder, tmp_path, method)
     assert got[0][1] == got[1][1]  # every rank reports the same
     np.testing.assert_allclose(got[0][1], single, rtol=1e-12)
