@@ -2,9 +2,13 @@
 
 Centroid j's pick in round t is the first entry of its list (score desc, index asc) that
 is not yet selected. A list scanned with the selected rows excluded is exact until every
-entry is taken; then a rescan refills it. A list shorter than its capacity held every
-row that was not excluded, so it never needs a refill."""
+entry is taken; then a rescan refills it. A list scanned with a floor holds the best rows
+above the floor (up to its capacity): exact in the same way. A list shorter than its
+capacity and scanned without a floor held every row that was not excluded, so it never
+needs a refill."""
 from __future__ import annotations
+
+from typing import Optional
 
 import numpy as np
 
@@ -19,26 +23,35 @@ class CandidateLists:
         self.length = np.zeros(k, dtype=np.int64)  # valid entries
         self.capacity = np.zeros(k, dtype=np.int64)  # K asked at the last scan
         self.ptr = np.zeros(k, dtype=np.int64)  # next entry to consider
+        self.floored = np.zeros(k, dtype=bool)  # scanned with a floor: rows below it left out
+        self.filled_at = np.zeros(k, dtype=np.int64)  # items selected when last filled
         self.rescanned = 0  # lists refilled after the first fill
 
-    def fill(self, rows: np.ndarray, val: np.ndarray, idx: np.ndarray) -> None:
-        """Replaces the lists of centroids `rows` with fresh scan results (m x K)."""
+    def fill(self, rows: np.ndarray, val: np.ndarray, idx: np.ndarray,
+             floored: Optional[np.ndarray] = None, selected: int = 0) -> None:
+        """Replaces the lists of centroids `rows` with fresh scan results (m x K); `floored`:
+        which of them were scanned with a finite floor; `selected`: items selected so far."""
         K = val.shape[1]
-        if K > self.val.shape[1]:
-            pad = K - self.val.shape[1]
-            self.val = np.pad(self.val, ((0, 0), (0, pad)), constant_values=-np.inf)
-            self.idx = np.pad(self.idx, ((0, 0), (0, pad)), constant_values=-1)
-        self.val[rows] = -np.inf
-        self.idx[rows] = -1
-        self.val[rows, :K] = val
-        self.idx[rows, :K] = idx
+        if self.val.shape[1] == 0 and np.array_equal(rows, np.arange(self.k)):  # first fill
+            self.val, self.idx = val.astype(np.float32, copy=False), idx.astype(np.int64, copy=False)
+        else:
+            if K > self.val.shape[1]:
+                pad = K - self.val.shape[1]
+                self.val = np.pad(self.val, ((0, 0), (0, pad)), constant_values=-np.inf)
+                self.idx = np.pad(self.idx, ((0, 0), (0, pad)), constant_values=-1)
+            self.val[rows] = -np.inf
+            self.idx[rows] = -1
+            self.val[rows, :K] = val
+            self.idx[rows, :K] = idx
         self.length[rows] = (idx >= 0).sum(1)
         self.capacity[rows] = K
         self.ptr[rows] = 0
+        self.floored[rows] = False if floored is None else floored
+        self.filled_at[rows] = selected
 
     @property
     def complete(self) -> np.ndarray:
-        return self.length < self.capacity
+        return (self.length < self.capacity) & ~self.floored
 
     def advance(self, selected: np.ndarray) -> None:
         """Moves every pointer past entries already selected."""

@@ -1,10 +1,13 @@
 """select_coreset: SimCore's greedy selection (SPEC.md), exact and streaming.
 
-One pass over U keeps the best K candidates per centroid (the fused `scan_topk` op);
-the rounds then run from those lists. When a list runs dry, one rescan with the selected
-rows excluded refills it and every list that is nearly dry, with twice the capacity.
-The kernel's scores are bit-identical between passes, so the result equals a full pass
-per round. U is never held whole and no k x N matrix is ever formed."""
+One pass over U keeps the best K candidates per centroid (the fused `scan_topk` op); the
+rounds then run from those lists. K and a per-centroid floor come from a sample of U
+(planner.py), so that crowded centroids, which share their nearest rows, get lists deep
+enough for the whole budget. When a list runs dry, one rescan with the selected rows
+excluded refills every list expected to run dry before the budget (or the criterion's
+expected stop) is reached, sized by how fast each list has been losing entries. The
+kernel's scores are bit-identical between passes, so the result equals a full pass per
+round. U is never held whole and no k x N matrix is ever formed."""
 from __future__ import annotations
 
 import math
@@ -23,6 +26,7 @@ from .distributed import Comm
 from .checks import (SEED_MAX, as_feature_tensor, check_int, check_metric, check_rows, check_tau,
                      resolve_budget, resolve_device)
 from .kmeans import make_centroids
+from .planner import Plan, plan_first_pass
 from .result import CoresetResult
 from .sources import OpenSet, OpenSetLike
 
@@ -59,24 +63,11 @@ def _candidate_bound(k: int, device: torch.device) -> int:
     return max(64, _MAX_CANDIDATE_ENTRIES // (k * max(1, torch.get_num_threads())))
 
 
-_CRITERION_CANDIDATES = 1024
-
-
-def initial_candidates(budget: int, k: int, n: int, criterion_cap: bool = False,
-                       device: torch.device = torch.device("cpu")) -> int:
-    """K for the first pass: ~3x the items a centroid takes if the budget is spent evenly.
-
-    With the stop criterion on, the budget is only a cap (50 n by default) and selection
-    usually stops far earlier: start at most at 1024 and let rescans double K if it does not."""
-    K = min(3 * math.ceil(budget / k) + 16, _candidate_bound(k, device))
-    if criterion_cap:
-        K = min(K, _CRITERION_CANDIDATES)
-    return max(1, min(K, n))
-
-
 def _merge(parts: List, K: int):
     """Best K (at most) per row of concatenated (values, indices) parts, given in ascending
     row order: a stable descending sort keeps ties in ascending index order."""
+    if len(parts) == 1:  # one kernel output: sorted already
+        return parts[0][0][:, :K].contiguous(), parts[0][1][:, :K].contiguous()
     v = torch.cat([p[0] for p in parts], 1)
     i = torch.cat([p[1] for p in parts], 1)
     v, order = v.sort(dim=1, descending=True, stable=True)
@@ -93,20 +84,25 @@ class _Scanner:
         self.chunk_rows, self.progress, self.comm = chunk_rows, progress, comm
         self.passes = 0
 
-    def scan(self, C: torch.Tensor, K: int, excluded: Optional[torch.Tensor], desc: str):
+    def scan(self, C: torch.Tensor, K: int, excluded: Optional[torch.Tensor], desc: str,
+             floor: Optional[torch.Tensor] = None):
+        """The K best rows per centroid, keeping only scores above `floor` (if given)."""
         # bad rows, files, memory: every rank hears of it
-        best = self.comm.call(lambda: self._scan_rows(C, K, excluded, desc))
+        best = self.comm.call(lambda: self._scan_rows(C, K, excluded, desc, floor))
         if self.comm.world > 1:  # slices ascend with the rank: ties keep the smaller row
             vs, ids = self.comm.gather(best[0]), self.comm.gather(best[1])
             best = _merge(list(zip(vs, ids)), K)
         return best[0].cpu().numpy(), best[1].cpu().numpy()
 
-    def _scan_rows(self, C: torch.Tensor, K: int, excluded: Optional[torch.Tensor], desc: str):
+    def _scan_rows(self, C: torch.Tensor, K: int, excluded: Optional[torch.Tensor], desc: str,
+                   given_floor: Optional[torch.Tensor]):
         validate = self.passes == 0
         self.passes += 1
         lo, hi = self.comm.rows(self.U.n)
         ex_dev = excluded.to(self.device) if excluded is not None else None
-        best, pending, width, floor = None, [], 0, None
+        if given_floor is not None:
+            given_floor = given_floor.to(self.device, torch.float32).contiguous()
+        best, pending, width, floor = None, [], 0, given_floor
         with tqdm(total=hi - lo, desc=desc, unit="rows", unit_scale=True,
                   disable=not self.progress or self.comm.rank != 0, leave=False) as bar:
             for start, rows, raw in self.U.chunks(self.chunk_rows, self.device, (lo, hi)):
@@ -122,6 +118,8 @@ class _Scanner:
                     best = _merge(([best] if best is not None else []) + pending, K)
                     pending, width = [], 0
                     floor = best[0][:, -1].contiguous()
+                    if given_floor is not None:
+                        floor = torch.maximum(floor, given_floor)
                 bar.update(rows.shape[0])
         if best is None and not pending:  # an empty slice (more ranks than rows)
             pending = [(torch.empty(C.shape[0], 0, device=self.device),
@@ -131,6 +129,18 @@ class _Scanner:
             pad = K - best[0].shape[1]
             best = (F.pad(best[0], (0, pad), value=float("-inf")), F.pad(best[1], (0, pad), value=-1))
         return best
+
+
+def _agree(plan: Plan, comm: Comm) -> Plan:
+    """Rank 0's plan on every rank (each rank sampled the same rows, but a float may differ
+    between devices)."""
+    if comm.world == 1:
+        return plan
+    head = comm.broadcast(torch.tensor([plan.K, -1 if plan.items is None else plan.items,
+                                        plan.floor is not None], dtype=torch.int64))
+    floor = comm.broadcast(plan.floor) if bool(head[2]) else None
+    return Plan(K=int(head[0]), floor=floor, items=None if head[1] < 0 else int(head[1]),
+                sample_rows=plan.sample_rows)
 
 
 def _round_set(picks: np.ndarray, scores: np.ndarray, room: int) -> np.ndarray:
@@ -158,8 +168,9 @@ class _Rounds:
 
 
 def _greedy_rounds(lists: CandidateLists, scanner: _Scanner, C: torch.Tensor, N: int, B: int,
-                   tau: Optional[float], patience: int) -> _Rounds:
-    """SPEC steps 3-6, replayed from the candidate lists."""
+                   tau: Optional[float], patience: int, expected: Optional[int]) -> _Rounds:
+    """SPEC steps 3-6, replayed from the candidate lists. `expected`: the items the plan
+    expects the stop criterion to select (sizes refills; None without the criterion)."""
     out = _Rounds()
     selected = np.zeros(N, dtype=bool)
     n_sel, t = 0, 0
@@ -173,7 +184,7 @@ def _greedy_rounds(lists: CandidateLists, scanner: _Scanner, C: torch.Tensor, N:
         t += 1
         lists.advance(selected)
         if lists.dry.any():
-            _refill(lists, scanner, C, selected, N - n_sel)
+            _refill(lists, scanner, C, selected, n_sel, _horizon(n_sel, N, B, expected))
         picks, vals = lists.picks()
         g = float(np.sum(vals, dtype=np.float64) / lists.k)
         out.scores.append(g)
@@ -190,21 +201,40 @@ def _greedy_rounds(lists: CandidateLists, scanner: _Scanner, C: torch.Tensor, N:
         n_sel += items.shape[0]
 
 
+def _horizon(n_sel: int, N: int, B: int, expected: Optional[int]) -> int:
+    """Items a refill should last for: the rest of the budget; with the stop criterion,
+    to 1.5x the expected stop, and at least as many again as selected so far (so that a
+    stop far beyond the plan costs log-many passes, not one per list)."""
+    rest = min(B, N) - n_sel
+    if expected is None:
+        return rest
+    return max(1, min(rest, max(n_sel, math.ceil(1.5 * expected) - n_sel, 64)))
+
+
+_REFILL_MARGIN = 3.0  # over the entries a list is expected to lose (losses come in lumps)
+
+
 def _refill(lists: CandidateLists, scanner: _Scanner, C: torch.Tensor, selected: np.ndarray,
-            unselected: int) -> None:
-    """Rescans U with the selected rows excluded for every list that ran dry or nearly so,
-    with twice the capacity (within the memory bound)."""
+            n_sel: int, horizon: int) -> None:
+    """One rescan of U, the selected rows excluded, for every list expected to run dry
+    within `horizon` more items: a list loses entries at the rate it has lost them since
+    its last fill (crowded centroids: about one per item selected). A list that ran dry
+    gets at least twice its last capacity, so that a wrong estimate costs few passes.
+    Depth `horizon` always suffices: each item selected removes at most one entry."""
     # A complete list (it held every row not excluded) can only run dry once all rows are
     # selected, which the round loop handles before calling here.
     assert not (lists.dry & lists.complete).any(), "candidate list bookkeeping broke"
-    low = lists.remaining() < np.maximum(1, lists.capacity // 8)
-    rows = np.flatnonzero(~lists.complete & (lists.dry | low))
-    cap = int(lists.capacity[rows].max())
-    K = min(unselected, 2 * cap, max(cap, _candidate_bound(rows.size, scanner.device)))
-    K = scanner.comm.min_int(K)  # the same K on every rank
+    taken = np.maximum(1, n_sel - lists.filled_at)
+    rate = np.minimum(1.0, lists.ptr / taken)
+    need = np.minimum(horizon, np.ceil(_REFILL_MARGIN * rate * horizon).astype(np.int64) + 32)
+    need = np.where(lists.dry, np.maximum(need, np.minimum(horizon, 2 * lists.capacity)), need)
+    rows = np.flatnonzero(~lists.complete & (lists.dry | (lists.remaining() < need)))
+    K = int(need[rows].max())
+    K = min(K, max(int(lists.capacity[rows].max()), _candidate_bound(rows.size, scanner.device)))
+    K = scanner.comm.min_int(max(1, K))  # the same K on every rank
     val, idx = scanner.scan(C[torch.from_numpy(rows).to(C.device)], K, torch.from_numpy(selected),
                             f"simcore: rescan ({rows.size} centroids)")
-    lists.fill(rows, val, idx)
+    lists.fill(rows, val, idx, selected=n_sel)
     lists.rescanned += int(rows.size)
     lists.advance(selected)
 
@@ -378,12 +408,16 @@ def select_coreset(
 
         N = U.n
         lists = CandidateLists(k_eff)
-        K0 = comm.min_int(initial_candidates(B, k_eff, N, criterion_cap=tau is not None, device=dev))
-        val, idx = scanner.scan(C_op, K0, None, "simcore: scan")
-        lists.fill(np.arange(k_eff), val, idx)
+        plan = _agree(comm.call(lambda: plan_first_pass(
+            C_op, U, B, metric, tau, patience, _candidate_bound(k_eff, dev))), comm)
+        t_plan = time.perf_counter()
+        val, idx = scanner.scan(C_op, plan.K, None, "simcore: scan", plan.floor)
+        floored = None if plan.floor is None else np.isfinite(plan.floor.numpy())
+        lists.fill(np.arange(k_eff), val, idx, floored=floored)
         t_first = time.perf_counter()
 
-        rounds = _greedy_rounds(lists, scanner, C_op, N, B, tau, patience)
+        expected = None if tau is None else (plan.items or 0)
+        rounds = _greedy_rounds(lists, scanner, C_op, N, B, tau, patience, expected)
 
     t_end = time.perf_counter()
     return CoresetResult(
@@ -399,9 +433,11 @@ def select_coreset(
                     chunk_size=chunk_rows, openset=U.describe(),
                     centroids_given=centroids is not None, world_size=comm.world),
         stats=dict(passes=scanner.passes, rescanned_centroids=int(lists.rescanned),
-                   initial_candidates=K0, seconds=t_end - t_start,
+                   initial_candidates=plan.K, sample_rows=plan.sample_rows,
+                   expected_items=plan.items, seconds=t_end - t_start,
                    seconds_centroids=t_centroids - t_start,
-                   seconds_first_pass=t_first - t_centroids,
+                   seconds_plan=t_plan - t_centroids,
+                   seconds_first_pass=t_first - t_plan,
                    seconds_rounds_and_rescans=t_end - t_first,
                    cpu_isa=_ops.cpu_isa(), threads=torch.get_num_threads()),
     )

@@ -61,6 +61,10 @@ class Shard:
         read (a file shard may then have dropped their pages, which re-read from disk)."""
         raise NotImplementedError
 
+    def gather(self, idx: np.ndarray) -> torch.Tensor:
+        """A copy of rows `idx` (ascending), as float32 on the CPU."""
+        raise NotImplementedError
+
     def close(self) -> None:
         pass
 
@@ -79,6 +83,9 @@ class TensorShard(Shard):
     def read(self, start, stop):
         return self.t[start:stop]
 
+    def gather(self, idx):
+        return self.t.index_select(0, torch.from_numpy(idx).to(self.t.device)).to("cpu", torch.float32)
+
 
 class ArrayShard(Shard):
     def __init__(self, a: np.ndarray, name: str):
@@ -90,6 +97,9 @@ class ArrayShard(Shard):
 
     def read(self, start, stop):
         return numpy_to_torch(self.a[start:stop])
+
+    def gather(self, idx):
+        return numpy_to_torch(self.a[idx]).float()
 
 
 class NpyFileShard(Shard):
@@ -142,6 +152,9 @@ class NpyFileShard(Shard):
         self._advise("MADV_WILLNEED", (end, end + (stop - start) * row_bytes))  # read ahead
         rows = np.frombuffer(self._map, dtype=self.file_dtype, count=(stop - start) * self.d, offset=begin)
         return numpy_to_torch(rows.reshape(stop - start, self.d))
+
+    def gather(self, idx):  # through numpy's own map: only the pages of these rows are read
+        return numpy_to_torch(np.load(self.path, mmap_mode="r")[idx]).float()
 
     def close(self):
         if self._map is not None:

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 import simcore_ext
 from simcore_ext import select_coreset
+from simcore_ext.planner import Plan
 from simcore_ext.reference import reference_select
 from conftest import DTYPES
 from oracle_check import assert_valid, assert_valid_topk
@@ -253,7 +254,7 @@ def test_select_rescans_on_gpu(monkeypatch):
     import simcore_ext.select as select_mod
     X, U = make(9, 12, 5000, 16)
     kw = dict(k=12, budget=900, metric="dot", tau=None)
-    monkeypatch.setattr(select_mod, "initial_candidates", lambda B, k, n, **_: 2)
+    monkeypatch.setattr(select_mod, "plan_first_pass", lambda *a: Plan(K=2))
     r = select_coreset(X.cuda(), U.cuda(), **kw)
     assert r.stats["passes"] > 2
     assert torch.equal(r.indices, reference_select(X, U, **kw).indices)

@@ -11,6 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from simcore_ext import select_coreset
+from simcore_ext.planner import Plan
 
 CASES = {
     "budget": dict(k=7, budget=300, tau=None, metric="dot"),
@@ -45,7 +46,8 @@ def worker(rank, world, port, case, bad_row, out):
         kw = dict({**CASES, **CASES_EXTRA}.get(case, {}))
         if case == "rescans":  # tiny first lists: every rank rescans, lists re-merge
             import simcore_ext.select as select_mod
-            select_mod.initial_candidates = lambda B, k, n, **_: 3
+            select_mod.plan_first_pass = lambda *a: Plan(K=3)
+            select_mod._horizon = lambda *a: 1  # refills for one more item: many rescans
         if case == "topk":
             from simcore_ext import openset_topk
             v, i = openset_topk(X[:5], U, 50, excluded=torch.arange(len(U)) % 3 == 0, distributed=True)
@@ -92,7 +94,8 @@ def test_distributed_equals_single_process(world, case, monkeypatch):
     kw = dict(CASES[case])
     if case == "rescans":
         import simcore_ext.select as select_mod
-        monkeypatch.setattr(select_mod, "initial_candidates", lambda B, k, n, **_: 3)
+        monkeypatch.setattr(select_mod, "plan_first_pass", lambda *a: Plan(K=3))
+        monkeypatch.setattr(select_mod, "_horizon", lambda *a: 1)
     X, U = data()
     want = select_coreset(X, U, **kw)
     for rank, status, idx, scores, reason, (ws, passes) in run(world, case):

@@ -6,8 +6,12 @@ import torch
 from hypothesis import given, note
 from hypothesis import strategies as st
 
+import torch.nn.functional as F
+
+import simcore_ext.planner as planner
 import simcore_ext.select as select_mod
 from simcore_ext import select_coreset
+from simcore_ext.planner import Plan
 from simcore_ext.reference import reference_select
 from oracle_check import assert_valid
 
@@ -33,6 +37,21 @@ def make_data(kind, seed, n, N, d):
     return X, U
 
 
+def random_floors(seed):
+    """A plan with floors at random depths, set to real rows' scores (exact ties with
+    integer features), some lists unfloored, K random: a stand-in for a plan that errs."""
+    def plan(C, U, budget, metric, tau, patience, bound):
+        rng = np.random.default_rng(seed)
+        S = C.double() @ (F.normalize(U.materialize(), dim=1) if metric == "cosine" else U.materialize()).T
+        srt = S.float().sort(dim=1, descending=True).values
+        pos = torch.from_numpy(rng.integers(0, U.n, C.shape[0]))
+        floor = srt.gather(1, pos[:, None])[:, 0].contiguous()
+        floor[torch.from_numpy(rng.random(C.shape[0]) < 0.3)] = -float("inf")
+        return Plan(K=int(rng.integers(1, U.n + 1)), floor=floor,
+                    items=None if tau is None else int(rng.integers(0, 2 * U.n)))
+    return plan
+
+
 budgets = st.one_of(st.none(), st.integers(1, 400), st.floats(0.01, 0.99))
 stops = st.sampled_from([(0.95, 20), (0.9, 1), (0.99, 3), (1.0, 2), (None, 20)])
 
@@ -40,16 +59,21 @@ stops = st.sampled_from([(0.95, 20), (0.9, 1), (0.99, 3), (1.0, 2), (None, 20)])
 @given(kind=st.sampled_from(["gauss", "int", "dup", "clustered"]), seed=st.integers(0, 2**31 - 1),
        n=st.integers(1, 40), N=st.integers(1, 300), d=st.integers(1, 24), k=st.integers(1, 12),
        budget=budgets, stop=stops, metric=st.sampled_from(["cosine", "dot"]),
-       chunk=st.sampled_from([None, 1, 7, 64, 100]), tiny_lists=st.booleans())
-def test_matches_oracle(kind, seed, n, N, d, k, budget, stop, metric, chunk, tiny_lists):
+       chunk=st.sampled_from([None, 1, 7, 64, 100]),
+       lists=st.sampled_from(["planned", "sampled", "tiny", "floored"]))
+def test_matches_oracle(kind, seed, n, N, d, k, budget, stop, metric, chunk, lists):
     X, U = make_data(kind, seed, n, N, d)
     tau, patience = stop
     if isinstance(budget, float) and int(budget * N) < 1:
         budget = None
     kw = dict(k=k, budget=budget, tau=tau, patience=patience, metric=metric)
     with pytest.MonkeyPatch.context() as mp:
-        if tiny_lists:  # force the rescan path: lists of 1-2 candidates
-            mp.setattr(select_mod, "initial_candidates", lambda B, k, n, **_: min(n, 1 + seed % 2))
+        if lists == "sampled":  # the plan from a sample of U, not all of it
+            mp.setattr(planner, "SAMPLE_ROWS", 1 + seed % 40)
+        if lists == "tiny":  # force the rescan path: lists of 1-2 candidates
+            mp.setattr(select_mod, "plan_first_pass", lambda *a: Plan(K=1 + seed % 2))
+        if lists == "floored":  # floors anywhere, on rows' exact scores too: refills from floors
+            mp.setattr(select_mod, "plan_first_pass", random_floors(seed))
         fast = select_coreset(X, U, chunk_size=chunk, **kw)
     oracle = reference_select(X, U, **kw)
     note(f"fast {fast} stats {fast.stats}\noracle {oracle}")
@@ -76,13 +100,19 @@ def test_random_inputs_equal_oracle_exactly():
             np.testing.assert_allclose(fast.round_scores, oracle.round_scores, rtol=0, atol=1e-5)
 
 
-def test_rescans_are_exact(monkeypatch):
+@pytest.mark.parametrize("short_refills", [False, True])
+def test_rescans_are_exact(monkeypatch, short_refills):
     X, U = make_data("clustered", 0, 30, 2000, 8)
-    monkeypatch.setattr(select_mod, "initial_candidates", lambda B, k, n, **_: 2)
+    monkeypatch.setattr(select_mod, "plan_first_pass", lambda *a: Plan(K=2))
+    if short_refills:  # every refill sized for one more item: many rescans
+        monkeypatch.setattr(select_mod, "_horizon", lambda *a: 1)
     fast = select_coreset(X, U, k=10, budget=600, tau=None)
-    assert fast.stats["passes"] > 3, fast.stats  # the refill path really ran
     oracle = reference_select(X, U, k=10, budget=600, tau=None)
     assert torch.equal(fast.indices, oracle.indices)
+    if short_refills:
+        assert fast.stats["passes"] > 3, fast.stats
+    else:  # one refill, sized for the rest of the budget, suffices
+        assert fast.stats["passes"] == 2, fast.stats
 
 
 def test_exact_ties_and_duplicates_resolve_to_smallest_index():
