@@ -6,6 +6,7 @@ same process. Run by benchmarks/gpu_check.sh; benchmarks/gpu_report.py makes the
 GPU_BENCH_N rows (default 10M; the 10M x 2048 bf16 open-set takes 41 GB on the GPU and
 41 GB of pinned host memory)."""
 import os
+import time
 
 import pytest
 import torch
@@ -154,3 +155,41 @@ def test_select_coreset_on_device(benchmark, openset, kernel, monkeypatch):
                            rounds=2, warmup_rounds=1)
     benchmark.extra_info.update(passes=r.stats["passes"], rounds=len(r.round_sizes),
                                 first_pass_s=r.stats["seconds_first_pass"])
+
+
+@pytest.fixture(scope="module")
+def crowded():
+    """Issue 10's crowded case on the device: a fine-grained target (X near one point) and
+    1% of U its relatives, spread over U; d = 256, bf16."""
+    g = torch.Generator(device="cuda").manual_seed(1)
+    U = torch.randn(N, 256, device="cuda", generator=g).to(torch.bfloat16)
+    base = torch.randn(256, device="cuda", generator=g)
+    rel = torch.randperm(N, device="cuda", generator=g)[: N // 100]
+    U[rel] = (base + 0.4 * torch.randn(rel.numel(), 256, device="cuda", generator=g)).to(torch.bfloat16)
+    X = base + 0.3 * torch.randn(1000, 256, device="cuda", generator=g)
+    yield X, U
+    del U
+    torch.cuda.empty_cache()
+
+
+@pytest.mark.parametrize("budget", ["1%", "5%", "stop"])
+def test_select_crowded_on_device(benchmark, crowded, budget):
+    X, U = crowded
+    C = select_coreset(X, U, k=100, budget=10, tau=None).centroids.cuda().to(torch.bfloat16)
+    b, tau = {"1%": (0.01, None), "5%": (0.05, None), "stop": (None, 0.95)}[budget]
+
+    def one_pass():
+        ts = []
+        for _ in range(3):
+            t = time.perf_counter()
+            synced(masked_topk, C, U, None, K)()
+            ts.append(time.perf_counter() - t)
+        return sorted(ts)[1]
+
+    before = one_pass()
+    benchmark.group = "select_coreset, crowded centroids"
+    r = benchmark.pedantic(synced(select_coreset, None, U, centroids=C, budget=b or 50_000, tau=tau),
+                           rounds=3, warmup_rounds=1)
+    info(benchmark, "select_crowded", impl="default kernel", k=100, d=256, budget=budget,
+         one_pass=min(before, one_pass()), passes=r.stats["passes"], items=len(r),
+         rounds=len(r.round_sizes), first_candidates=r.stats["initial_candidates"])
