@@ -56,8 +56,9 @@ class CandidateLists:
     def advance(self, selected: np.ndarray) -> None:
         """Moves every pointer past entries already selected."""
         rows = np.arange(self.k)
-        window = np.arange(_WINDOW)
+        width = _WINDOW
         while rows.size:
+            window = np.arange(width)
             pos = self.ptr[rows, None] + window  # (m, W)
             inside = pos < self.length[rows, None]
             cand = self.idx[rows[:, None], np.minimum(pos, self.idx.shape[1] - 1)]
@@ -67,6 +68,7 @@ class CandidateLists:
             self.ptr[rows] += step
             # Rows whose window was all taken and whose list goes on: look further.
             rows = rows[~found & (self.ptr[rows] < self.length[rows])]
+            width = min(4 * width, 4096)  # crowded lists lose many entries a round
 
     @property
     def dry(self) -> np.ndarray:
