@@ -408,7 +408,7 @@ CentroidPanels::~CentroidPanels() { aligned_free64(data_); }
 // ---------------------------------------------------------------- the tile loop
 void scan_tiles(const ScanRows& in, const CentroidPanels& C, int64_t tile_begin, int64_t tile_end,
                 TopKLists& L) {
-  const Isa isa = C.isa();
+  [[maybe_unused]] const Isa isa = C.isa();  // unused where only the generic path exists
   L.begin_rows(tile_begin * NT, std::min(tile_end * NT, in.n));
 #if SIMCORE_X86
   if (isa == Isa::kAvx2) return detail::scan_tiles_avx2(in, C, tile_begin, tile_end, L);
