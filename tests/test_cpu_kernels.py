@@ -24,7 +24,7 @@ def dense_scores(C, U, normalize=False):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("d", [1, 7, 8, 9, 15, 16, 17, 33, 65])
+@pytest.mark.parametrize("d", [1, 7, 8, 9, 15, 16, 17, 33, 65, 257])  # 257: avx2 loops panels outside
 @pytest.mark.parametrize("n", [1, 15, 63, 65, 130])
 def test_odd_shapes_exact(isa, dtype, d, n):
     """Integer features: every product and sum is exact, so the answer must be the oracle's;
@@ -46,11 +46,12 @@ def test_odd_shapes_exact(isa, dtype, d, n):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("normalize", [False, True])
-def test_centroid_subsets_reproduce_scores_bitwise(isa, dtype, normalize):
+@pytest.mark.parametrize("d", [37, 300])
+def test_centroid_subsets_reproduce_scores_bitwise(isa, dtype, normalize, d):
     """Rescans pass a gathered subset of the centroids: each (j, i) keeps its bits."""
     g = torch.Generator().manual_seed(11)
-    C = torch.randn(13, 37, generator=g).to(dtype)
-    U = torch.randn(300, 37, generator=g).to(dtype)
+    C = torch.randn(13, d, generator=g).to(dtype)
+    U = torch.randn(300, d, generator=g).to(dtype)
     full = dense_scores(C, U, normalize)
     for sub in [[5], [12, 0, 3], list(range(12, -1, -1)), [2, 2, 9], [6, 7, 8, 9, 10, 11, 12]]:
         assert torch.equal(dense_scores(C[sub], U, normalize), full[sub]), sub
@@ -74,10 +75,11 @@ def test_duplicate_rows_resolve_to_smallest_index(isa, dtype):
 @pytest.mark.skipif(not {"avx2", "avx512"} <= set(AVAILABLE_ISAS), reason="needs an AVX-512 CPU")
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("normalize", [False, True])
-def test_avx2_and_avx512_agree_bitwise(monkeypatch, dtype, normalize):
+@pytest.mark.parametrize("d", [77, 300])
+def test_avx2_and_avx512_agree_bitwise(monkeypatch, dtype, normalize, d):
     """Both sum one FMA per feature in feature order and widen half precisions exactly."""
     g = torch.Generator().manual_seed(13)
-    C, U = torch.randn(20, 77, generator=g).to(dtype), torch.randn(500, 77, generator=g).to(dtype)
+    C, U = torch.randn(20, d, generator=g).to(dtype), torch.randn(500, d, generator=g).to(dtype)
     got = []
     for isa in ["avx2", "avx512"]:
         monkeypatch.setenv("SIMCORE_CPU_ISA", isa)
