@@ -11,7 +11,9 @@ vectors, no FMA) against a ceiling capped at SSE4.2 (OPENBLAS_CORETYPE=Nehalem).
 native` leaves every library at its best. The ceiling is the fastest of 7 rounds of a
 4096^3 float32 product, the best of torch.mm (in process) and numpy.matmul (own process,
 as in benchmarks/worker.py). The fused pass is masked_topk, k = 100, K = 64: the median of
-5 rounds after one warm-up; GFLOP/s = 2 k N d / median. Prints a Markdown table."""
+5 rounds after one warm-up; GFLOP/s = 2 k N d / median. Prints a Markdown table, with the
+ratio to each library too: a cap may not hold (on an AMD CPU torch's MKL ignores
+MKL_ENABLE_INSTRUCTIONS=SSE4_2)."""
 import argparse
 import os
 import statistics
@@ -77,7 +79,7 @@ def main():
           f"torch {torch.__version__}, N = {args.n}")
     print(f"float32 GEMM ceiling: torch.mm {ceil_torch:.0f} GFLOP/s, numpy.matmul {ceil_np:.0f} GFLOP/s "
           f"(caps: {' '.join(f'{k}={v}' for k, v in want.items()) or 'none'})\n")
-    print("| d | dtype | median | GFLOP/s | / ceiling |\n|---|---|---|---|---|")
+    print("| d | dtype | median | GFLOP/s | / ceiling | / torch.mm | / numpy |\n|---|---|---|---|---|---|---|")
     for d in args.dims:
         g = torch.Generator().manual_seed(d)
         U32 = torch.randn(args.n, d, generator=g)
@@ -92,7 +94,8 @@ def main():
                 ts.append(time.perf_counter() - t)
             med = statistics.median(ts)
             gf = 2 * K_CENTROIDS * args.n * d / med / 1e9
-            print(f"| {d} | {dtype} | {med * 1e3:.1f} ms | {gf:.0f} | {gf / ceiling:.2f} |", flush=True)
+            print(f"| {d} | {dtype} | {med * 1e3:.1f} ms | {gf:.0f} | {gf / ceiling:.2f} | "
+                  f"{gf / ceil_torch:.2f} | {gf / ceil_np:.2f} |", flush=True)
             del U, C
         del U32, C32
 
