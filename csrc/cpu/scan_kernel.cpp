@@ -1,198 +1,106 @@
 // CPU kernels of the fused pass (see scan_kernel.h). Three kinds of code live here:
-//   - packing: a tile of 64 rows is transposed into [depth][64] so that the micro-kernel
-//     reads 64 rows of one feature as contiguous vectors; row norms fall out on the way;
-//   - micro-kernels: 6 centroids x 64 rows, accumulators in registers, one pass over d;
+//   - packing: a tile of 64 rows is transposed so that the micro-kernel reads rows of one
+//     feature as contiguous vectors; row norms fall out on the way;
+//   - micro-kernels: 6 centroids x a block of rows, accumulators in registers, one pass over d;
 //   - the epilogue: optional division by the row norm, mask, threshold test, rare inserts.
 // An AVX-512 path (float32 FMA, or native bfloat16 pairs with vdpbf16ps) and a portable
-// path (GCC/Clang vector extensions, compiled for AVX2+FMA and for the baseline target).
-#include "scan_kernel.h"
-
+// path (GCC/Clang vector extensions, compiled for the baseline target). The AVX2 path
+// lives in scan_avx2.cpp; helpers shared by the paths in scan_common.h.
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <new>
 #include <stdexcept>
 
-#if defined(__x86_64__) || defined(_M_X64)
+#include "scan_common.h"
+
+#if SIMCORE_X86
 #include <immintrin.h>
-#define SIMCORE_X86 1
-#else
-#define SIMCORE_X86 0
 #endif
 
 namespace simcore::cpu {
 namespace {
 
-constexpr int64_t MR = kPanelCentroids;
-constexpr int64_t NT = kTileRows;
-
-// ---------------------------------------------------------------- scalar helpers
-inline float bf16_to_float(uint16_t h) {
-  uint32_t u = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
-inline float half_to_float(uint16_t h) {
-  uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ffu, u;
-  if (exp == 0x1f) {
-    u = sign | 0x7f800000u | (man << 13);
-  } else if (exp != 0) {
-    u = sign | ((exp + 112) << 23) | (man << 13);
-  } else if (man == 0) {
-    u = sign;
-  } else {  // subnormal half: normalise
-    int e = -1;
-    do {
-      ++e;
-      man <<= 1;
-    } while ((man & 0x400u) == 0);
-    u = sign | ((112 - e) << 23) | ((man & 0x3ffu) << 13);
-  }
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
-inline float load_as_float(Scalar s, const void* base, int64_t i) {
-  switch (s) {
-    case Scalar::kFloat32: return static_cast<const float*>(base)[i];
-    case Scalar::kFloat16: return half_to_float(static_cast<const uint16_t*>(base)[i]);
-    default: return bf16_to_float(static_cast<const uint16_t*>(base)[i]);
-  }
-}
-
-inline size_t elem_size(Scalar s) { return s == Scalar::kFloat32 ? 4 : 2; }
-
-void* aligned_alloc64(size_t bytes) {
-  void* p = ::operator new(bytes == 0 ? 64 : bytes, std::align_val_t(64));
-  std::memset(p, 0, bytes);
-  return p;
-}
-void aligned_free64(void* p) { ::operator delete(p, std::align_val_t(64)); }
-
-struct AlignedBuffer {
-  explicit AlignedBuffer(size_t bytes) : ptr(aligned_alloc64(bytes)) {}
-  ~AlignedBuffer() { aligned_free64(ptr); }
-  AlignedBuffer(const AlignedBuffer&) = delete;
-  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
-  void* ptr;
-};
-
-inline uint64_t valid_rows_mask(const bool* excluded, int64_t row0, int64_t rows) {
-  uint64_t m = rows >= 64 ? ~uint64_t(0) : ((uint64_t(1) << rows) - 1);
-  if (excluded)
-    for (int64_t t = 0; t < rows; ++t)
-      if (excluded[row0 + t]) m &= ~(uint64_t(1) << t);
-  return m;
-}
-
-// Walks the next tile's rows, a few cache lines per call, so that packing it finds the
-// data in L2 instead of waiting on DRAM (the hardware prefetcher tracks few row streams).
-struct NextTilePrefetch {
-  const char* base = nullptr;
-  int64_t row_bytes = 0, stride_bytes = 0, rows = 0, row = 0, offset = 0;
-
-  NextTilePrefetch(const ScanRows& in, int64_t d, int64_t next_row0) {
-    if (next_row0 >= in.n) return;
-    const int64_t es = static_cast<int64_t>(elem_size(in.scalar));
-    base = static_cast<const char*>(in.data) + next_row0 * in.row_stride * es;
-    row_bytes = d * es;
-    stride_bytes = in.row_stride * es;
-    rows = in.n - next_row0 < NT ? in.n - next_row0 : NT;
-  }
-  int64_t total_lines() const { return rows * ((row_bytes + 63) / 64); }
-  void step(int64_t lines) {
-    for (; lines > 0 && row < rows; --lines) {
-      __builtin_prefetch(base + row * stride_bytes + offset, 0, 2);
-      offset += 64;
-      if (offset >= row_bytes) {
-        offset = 0;
-        ++row;
-      }
-    }
-  }
-};
+using namespace detail;
 
 // ---------------------------------------------------------------- portable path
-// Packs rows into float32 [d][64] and writes their norms. Zero rows past `rows`.
-inline void pack_generic(const ScanRows& in, int64_t d, int64_t row0, int64_t rows, float* B,
-                         float* nrm) {
-  const size_t es = elem_size(in.scalar);
-  for (int64_t t = 0; t < NT; ++t) {
-    if (t >= rows) {
-      for (int64_t p = 0; p < d; ++p) B[p * NT + t] = 0.f;
-      nrm[t] = 0.f;
-      continue;
+// Blocks of GW rows: packed [NT/GW][d][GW], micro-kernel 6 centroids x GW rows with 4-wide
+// vectors (12 accumulators: fits the 16 SSE registers of baseline x86-64 and NEON's 32).
+constexpr int64_t GW = 8;
+
+// Packs rows into float32 blocks, zeros past `rows`; norms only when asked (without
+// hardware FMA, std::fma is a library call per element). The conversion is chosen at
+// compile time so the loops over the GW rows can be vectorised.
+template <Scalar S>
+void pack_generic(const ScanRows& in, int64_t d, int64_t row0, int64_t rows, float* B, float* nrm,
+                  bool norms) {
+  const int64_t stride = in.row_stride * static_cast<int64_t>(elem_size(S));
+  const char* base = static_cast<const char*>(in.data) + row0 * stride;
+  for (int64_t blk = 0; blk < NT / GW; ++blk) {
+    float* out = B + blk * d * GW;
+    const int64_t live = rows - blk * GW < 0 ? 0 : rows - blk * GW < GW ? rows - blk * GW : GW;
+    const char* src[GW];
+    for (int64_t t = 0; t < GW; ++t) src[t] = base + (blk * GW + (t < live ? t : 0)) * stride;
+    if (live == GW) {
+      for (int64_t p = 0; p < d; ++p)
+        for (int64_t t = 0; t < GW; ++t) out[p * GW + t] = load_as_float<S>(src[t], p);
+    } else {
+      for (int64_t p = 0; p < d; ++p)
+        for (int64_t t = 0; t < GW; ++t)
+          out[p * GW + t] = t < live ? load_as_float<S>(src[t], p) : 0.f;
     }
-    const char* src = static_cast<const char*>(in.data) + (row0 + t) * in.row_stride * es;
-    float ss = 0.f;
-    for (int64_t p = 0; p < d; ++p) {
-      float x = load_as_float(in.scalar, src, p);
-      B[p * NT + t] = x;
-      ss = std::fma(x, x, ss);
+    if (norms) {  // sequential fma over the feature index, as on every path
+      float ss[GW] = {};
+      for (int64_t p = 0; p < d; ++p)
+        for (int64_t t = 0; t < GW; ++t) ss[t] = std::fma(out[p * GW + t], out[p * GW + t], ss[t]);
+      for (int64_t t = 0; t < GW; ++t) nrm[blk * GW + t] = std::sqrt(ss[t]);
     }
-    nrm[t] = std::sqrt(ss);
   }
 }
 
-typedef float v8f __attribute__((vector_size(32)));
-typedef float v8f_u __attribute__((vector_size(32), aligned(4)));
+typedef float v4f __attribute__((vector_size(16)));
+typedef float v4f_u __attribute__((vector_size(16), aligned(4)));
 
-// 6 centroids x 16 rows (rows sb*16 .. sb*16+15 of the tile) with 8-wide vectors.
-__attribute__((always_inline)) inline void tile_generic_body(const float* B, const float* A,
-                                                             int64_t panels, int64_t d, int64_t k,
-                                                             const float* nrm, bool divide,
-                                                             uint64_t valid, int64_t row0,
-                                                             TopKLists& L) {
+void tile_generic(const float* B, const float* A, int64_t panels, int64_t d, int64_t k,
+                  const float* nrm, bool divide, uint64_t valid, int64_t row0, TopKLists& L,
+                  NextTilePrefetch& pf) {
   const float* thr = L.thresholds();
+  const int64_t pf_lines = (pf.total_lines() + panels - 1) / panels;
   for (int64_t panel = 0; panel < panels; ++panel) {
+    pf.step(pf_lines);
     const float* a = A + panel * d * MR;
-    for (int64_t sb = 0; sb < NT / 16; ++sb) {
-      uint32_t vm = static_cast<uint32_t>((valid >> (16 * sb)) & 0xffffu);
+    for (int64_t blk = 0; blk < NT / GW; ++blk) {
+      const uint32_t vm = static_cast<uint32_t>(valid >> (GW * blk)) & 0xffu;
       if (!vm) continue;
-      v8f acc[MR][2];
-      for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = v8f{};
-      for (int64_t p = 0; p < d; ++p) {
-        const float* b = B + p * NT + sb * 16;
-        v8f b0 = *reinterpret_cast<const v8f_u*>(b);
-        v8f b1 = *reinterpret_cast<const v8f_u*>(b + 8);
-        const float* ap = a + p * MR;
+      v4f acc[MR][2];
+      for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = v4f{};
+      const float* b = B + blk * d * GW;
+      const float* ap = a;
+      for (int64_t p = 0; p < d; ++p, b += GW, ap += MR) {
+        const v4f b0 = *reinterpret_cast<const v4f_u*>(b);
+        const v4f b1 = *reinterpret_cast<const v4f_u*>(b + 4);
 #pragma GCC unroll 6
         for (int r = 0; r < MR; ++r) {
-          v8f ar = v8f{} + ap[r];
+          const v4f ar = v4f{} + ap[r];
           acc[r][0] += ar * b0;
           acc[r][1] += ar * b1;
         }
       }
       for (int r = 0; r < MR; ++r) {
-        int64_t j = panel * MR + r;
+        const int64_t j = panel * MR + r;
         if (j >= k) break;
-        for (int t = 0; t < 16; ++t) {
+        for (int t = 0; t < GW; ++t) {
           if (!((vm >> t) & 1u)) continue;
-          float s = acc[r][t >> 3][t & 7];
-          if (divide) s = s / nrm[sb * 16 + t];
-          if (s >= thr[j]) L.offer(j, s, row0 + sb * 16 + t);
+          float s = acc[r][t >> 2][t & 3];
+          if (divide) s = s / nrm[blk * GW + t];
+          if (s >= thr[j]) L.offer(j, s, row0 + blk * GW + t);
         }
       }
     }
   }
 }
 
-void tile_generic(const float* B, const float* A, int64_t panels, int64_t d, int64_t k,
-                  const float* nrm, bool divide, uint64_t valid, int64_t row0, TopKLists& L) {
-  tile_generic_body(B, A, panels, d, k, nrm, divide, valid, row0, L);
-}
-
 #if SIMCORE_X86
-__attribute__((target("avx2,fma"))) void tile_avx2(const float* B, const float* A,
-                                                   int64_t panels, int64_t d, int64_t k,
-                                                   const float* nrm, bool divide, uint64_t valid,
-                                                   int64_t row0, TopKLists& L) {
-  tile_generic_body(B, A, panels, d, k, nrm, divide, valid, row0, L);
-}
-
 // ---------------------------------------------------------------- AVX-512 path
 #define SIMCORE_AVX512 "avx512f,avx512bw,avx512dq,avx512vl,fma"
 #define SIMCORE_AVX512BF16 "avx512f,avx512bw,avx512dq,avx512vl,fma,avx512bf16"
@@ -442,7 +350,9 @@ Isa best_isa() {
                       __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
   if (avx512 && __builtin_cpu_supports("avx512bf16")) return Isa::kAvx512Bf16;
   if (avx512) return Isa::kAvx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+      __builtin_cpu_supports("f16c"))
+    return Isa::kAvx2;
 #endif
   return Isa::kGeneric;
 }
@@ -498,11 +408,14 @@ CentroidPanels::~CentroidPanels() { aligned_free64(data_); }
 // ---------------------------------------------------------------- the tile loop
 void scan_tiles(const ScanRows& in, const CentroidPanels& C, int64_t tile_begin, int64_t tile_end,
                 TopKLists& L) {
+  [[maybe_unused]] const Isa isa = C.isa();  // unused where only the generic path exists
+  L.begin_rows(tile_begin * NT, std::min(tile_end * NT, in.n));
+#if SIMCORE_X86
+  if (isa == Isa::kAvx2) return detail::scan_tiles_avx2(in, C, tile_begin, tile_end, L);
+#endif
   const int64_t d = C.d(), depth = C.depth(), k = C.k(), panels = C.panels();
   AlignedBuffer packed(static_cast<size_t>(depth * NT) * 4);
   alignas(64) float nrm[NT];
-  const Isa isa = C.isa();
-  L.begin_rows(tile_begin * NT, std::min(tile_end * NT, in.n));
   for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
     const int64_t row0 = tile * NT;
     const int64_t rows = in.n - row0 < NT ? in.n - row0 : NT;
@@ -538,16 +451,15 @@ void scan_tiles(const ScanRows& in, const CentroidPanels& C, int64_t tile_begin,
 #endif
     {
       float* B = static_cast<float*>(packed.ptr);
-      pack_generic(in, d, row0, rows, B, nrm);
-      if (valid) {
-        const float* A = static_cast<const float*>(C.data());
-#if SIMCORE_X86
-        if (isa == Isa::kAvx2)
-          tile_avx2(B, A, panels, d, k, nrm, in.divide_by_norm, valid, row0, L);
-        else
-#endif
-          tile_generic(B, A, panels, d, k, nrm, in.divide_by_norm, valid, row0, L);
+      const bool norms = in.divide_by_norm || in.norms;
+      switch (in.scalar) {
+        case Scalar::kFloat32: pack_generic<Scalar::kFloat32>(in, d, row0, rows, B, nrm, norms); break;
+        case Scalar::kFloat16: pack_generic<Scalar::kFloat16>(in, d, row0, rows, B, nrm, norms); break;
+        default: pack_generic<Scalar::kBFloat16>(in, d, row0, rows, B, nrm, norms);
       }
+      if (valid)
+        tile_generic(B, static_cast<const float*>(C.data()), panels, d, k, nrm, in.divide_by_norm,
+                     valid, row0, L, pf);
     }
     if (in.norms)
       for (int64_t t = 0; t < rows; ++t) in.norms[row0 + t] = nrm[t];

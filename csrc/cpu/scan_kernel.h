@@ -16,8 +16,9 @@ namespace simcore::cpu {
 
 enum class Scalar { kFloat32, kFloat16, kBFloat16 };
 
-// Instruction sets with a kernel, weakest first. `avx512bf16` multiplies bfloat16
-// pairs natively (vdpbf16ps); the others widen bfloat16/float16 to float32 when packing.
+// Instruction sets with a kernel, weakest first. `avx2` also needs FMA and F16C.
+// `avx512bf16` multiplies bfloat16 pairs natively (vdpbf16ps); the others widen
+// bfloat16/float16 to float32 when packing. `avx2` and `avx512` give the same bits.
 enum class Isa { kGeneric, kAvx2, kAvx512, kAvx512Bf16 };
 
 Isa best_isa();                       // what this CPU supports
