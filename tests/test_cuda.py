@@ -267,3 +267,30 @@ def test_select_bad_rows_on_gpu():
         select_coreset(X, U.cuda(), k=2)
     with pytest.raises(ValueError, match="row 37"):
         select_coreset(X, U, k=2, device="cuda", chunk_size=10)
+
+
+@pytest.mark.parametrize("geometry", ["crowded", "identical", "duplicates"])
+@pytest.mark.parametrize("budget,tau", [(0.01, None), (0.05, None), (None, 0.95)])
+def test_select_crowded_on_gpu_takes_few_passes_and_is_exact(geometry, budget, tau, monkeypatch):
+    """Issue 10's geometries on the GPU: at most two passes, and (integer-valued features,
+    metric dot: every score exact) the oracle's indices, the CPU's too."""
+    import simcore_ext.planner as planner
+    monkeypatch.setattr(planner, "SAMPLE_ROWS", 4096)
+    g = torch.Generator().manual_seed(3)
+    N, d, k = 24_000, 16, 30
+    U = ints(g, N, d, -4, 4)
+    base = ints(g, 1, d, -4, 4)[0]
+    if geometry == "identical":
+        C = base.expand(k, d).clone()
+    else:
+        C = base + ints(g, k, d, -1, 1)
+        rel = torch.randperm(N, generator=g)[: N // 100]
+        U[rel] = base + ints(g, rel.numel(), d, -1, 1)
+    if geometry == "duplicates":
+        U[torch.randperm(N, generator=g)[: N // 3]] = U[rel[torch.randint(0, rel.numel(), (N // 3,), generator=g)]]
+    U[(U == 0).all(1)] = 1.0
+    kw = dict(centroids=C, budget=budget or 5000, tau=tau, metric="dot")
+    gpu = select_coreset(None, U.cuda(), **kw)
+    assert gpu.stats["passes"] <= 2, gpu.stats
+    assert torch.equal(gpu.indices, select_coreset(None, U, **kw).indices)
+    assert torch.equal(gpu.indices, reference_select(None, U, **kw).indices)

@@ -109,3 +109,34 @@ def test_plan_stays_within_the_memory_bound():
     p = planner.plan_first_pass(torch.nn.functional.normalize(X[:50], dim=1), OpenSet(U),
                                 budget=3000, metric="cosine", tau=None, patience=20, bound=100)
     assert p.K == 100 and p.floor.shape == (50,)
+
+
+def integer_world(geometry, N=24_000, d=16, k=30, seed=3):
+    """Integer features, metric dot: every score exact, so the oracle's indices are the
+    only right answer (ties resolve to the smaller row: there are many)."""
+    g = torch.Generator().manual_seed(seed)
+    ints = lambda rows, lo, hi: torch.randint(lo, hi + 1, (rows, d), generator=g).float()  # noqa: E731
+    U = ints(N, -4, 4)
+    base = ints(1, -4, 4)[0]
+    if geometry == "identical":
+        C = base.expand(k, d).clone()
+    else:
+        C = base + ints(k, -1, 1)
+        rel = torch.randperm(N, generator=g)[: N // 100]
+        U[rel] = base + ints(rel.numel(), -1, 1)
+    if geometry == "duplicates":
+        U[torch.randperm(N, generator=g)[: N // 3]] = U[rel[torch.randint(0, rel.numel(), (N // 3,), generator=g)]]
+    U[(U == 0).all(1)] = 1.0
+    return C, U
+
+
+@pytest.mark.parametrize("geometry", ["crowded", "identical", "duplicates"])
+@pytest.mark.parametrize("budget,tau", [(0.01, None), (0.05, None), (None, 0.95)])
+def test_integer_worlds_are_the_oracle_at_every_chunk_size(geometry, budget, tau):
+    C, U = integer_world(geometry)
+    kw = dict(centroids=C, budget=budget or 5000, tau=tau, metric="dot")
+    want = reference_select(None, U, **kw).indices
+    for chunk in (None, 777, 5000):
+        r = select_coreset(None, U, chunk_size=chunk, **kw)
+        assert r.stats["passes"] <= 2, (chunk, r.stats)
+        assert torch.equal(r.indices, want), chunk
