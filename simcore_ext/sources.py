@@ -153,8 +153,22 @@ class NpyFileShard(Shard):
         rows = np.frombuffer(self._map, dtype=self.file_dtype, count=(stop - start) * self.d, offset=begin)
         return numpy_to_torch(rows.reshape(stop - start, self.d))
 
-    def gather(self, idx):  # through numpy's own map: only the pages of these rows are read
-        return numpy_to_torch(np.load(self.path, mmap_mode="r")[idx]).float()
+    def gather(self, idx):
+        """Runs of consecutive rows read with pread: through a map, the kernel's read-around
+        would make ~1 MB resident per run touched (a sample of 1024 runs: ~1 GB)."""
+        if self._fortran_map is not None:
+            return numpy_to_torch(self._fortran_map[idx]).float()
+        row_bytes = self.d * self.file_dtype.itemsize
+        out = np.empty((idx.size, self.d), dtype=self.file_dtype)
+        cuts = np.flatnonzero(np.diff(idx) != 1) + 1
+        with open(self.path, "rb") as f:
+            for a, b in zip(np.r_[0, cuts], np.r_[cuts, idx.size]):
+                want = int(b - a) * row_bytes
+                buf = os.pread(f.fileno(), want, self.offset + int(idx[a]) * row_bytes)
+                if len(buf) != want:
+                    raise ValueError(f"{self.name}: {self.path} is shorter than its header says")
+                out[a:b] = np.frombuffer(buf, dtype=self.file_dtype).reshape(b - a, self.d)
+        return numpy_to_torch(out).float()
 
     def close(self):
         if self._map is not None:
