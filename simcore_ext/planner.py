@@ -88,14 +88,19 @@ def plan_first_pass(C: torch.Tensor, U: OpenSet, budget: int, metric: str,
     # rounding of a d-term float32 dot product, so that rows tying with it in the pass
     # (duplicates of a sample row) are kept whatever the order of summation.
     pos = np.ceil(DEPTH_MARGIN * (depth + 1)).astype(np.int64) + DEPTH_SLACK
+    expected = (np.where(pos < lists.length, pos, m) * scale).max()  # rows above the deepest floor
+    K = int(min(N, budget, bound, math.ceil(K_MARGIN * expected) + 16))
+    # Where K is capped (by the budget: depth B always suffices, or by memory), floors that
+    # let ~1.5 K rows through: enough to fill the list, and within the 2K slots a reservoir
+    # holds before it must compact (sort) them away.
+    cap = np.maximum(depth + 1, np.floor(1.5 * K / scale).astype(np.int64))
+    pos = np.minimum(pos, cap)
     has_floor = pos < lists.length
     floor = np.full(k, -np.inf, dtype=np.float32)
     row_norm = 1.0 if metric == "cosine" else float(torch.nan_to_num(norms, 0.0, 0.0, 0.0).max())
     rounding = 4 * (C.shape[1] + 4) * 2.0**-24 * C.float().norm(dim=1).cpu().numpy() * row_norm
     rows = np.flatnonzero(has_floor)
     floor[rows] = lists.val[rows, pos[rows]] - rounding[rows]
-    expected = (np.where(has_floor, pos, m) * scale).max()  # rows above the deepest floor
-    K = int(min(N, budget, bound, math.ceil(K_MARGIN * expected) + 16))
     return Plan(K=max(1, K), floor=torch.from_numpy(floor), sample_rows=m,
                 items=None if items is None else int(min(budget, items)))
 
