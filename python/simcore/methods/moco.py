@@ -6,12 +6,14 @@ What makes it v2, as in the official code (facebookresearch/moco):
   - a momentum (key) encoder, an exponential moving average of the query encoder with a
     constant momentum, 0.99 by default (v2's 0.999 goes with ImageNet's 65,536-key queue;
     0.99 is the usual choice for small data and queues). Not BYOL's cosine schedule to 1:
-    that is BYOL's and MoCo v3's;
-  - a queue of negatives: the L2-normalised keys of past batches, queue_size rows (4096 by
-    default rather than v2's 65,536, which is larger than most targets here: the queue
-    would hold many stale keys of the very images being trained on), first in, first out,
-    initialised with random unit vectors; a buffer, so it is checkpointed and a resume
-    continues with the same negatives;
+    that is BYOL's and MoCo v3's. The key encoder's BatchNorm keeps its own running
+    statistics (it runs in training mode on the keys), as in the official code;
+  - a queue of negatives: the L2-normalised keys of past batches, queue_size rows, first
+    in, first out, initialised with random unit vectors; a buffer, so it is checkpointed
+    and a resume continues with the same negatives. 4096 by default rather than v2's
+    65,536: the queue should hold fewer keys than there are training images, or an image's
+    own keys from earlier epochs are among its negatives; 4096 suits sets from several
+    thousand images on (CIFAR recipes use it), pass a smaller queue_size for smaller ones;
   - InfoNCE with a temperature (0.2): cross-entropy of the positive key against the queue,
     on cosine similarities / t;
   - v2's MLP projection head: Linear - ReLU - Linear (no BatchNorm), hidden width the
