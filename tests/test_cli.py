@@ -83,6 +83,21 @@ def test_help_lists_defaults():
     assert "default: 0.95" in out and "--openset-features" in out
 
 
+def test_methods_are_listed_and_wired():
+    from simcore.cli import METHOD_NAMES, build_parser
+    from simcore.methods import METHODS
+    assert sorted(METHOD_NAMES) == sorted(METHODS)
+    for command in ("pretrain", "run"):
+        out = subprocess.run([sys.executable, "-m", "simcore", command, "--help"], capture_output=True,
+                             text=True, cwd="/").stdout
+        assert "simsiam" in out and "moco" in out, command
+    args = build_parser().parse_args(["pretrain", "--data", "d", "--out", "o", "--method", "moco"])
+    assert args.method == "moco"
+    args = build_parser().parse_args(["run", "--target", "t", "--openset", "u", "--out", "o",
+                                      "--method", "simsiam"])
+    assert args.method == "simsiam"
+
+
 def test_pretrain_extract_eval_commands(tmp_path, capsys):
     from PIL import Image
     rng = np.random.default_rng(0)

@@ -35,8 +35,11 @@ def config(folder, out, **kw):
     return TrainConfig(**base)
 
 
-def test_resume_repeats_the_uninterrupted_run(folder, tmp_path, monkeypatch):
-    full = pretrain(config(folder, tmp_path / "a"), progress=False)
+@pytest.mark.parametrize("method", ["simclr", "byol", "simsiam", "moco"])
+def test_resume_repeats_the_uninterrupted_run(folder, tmp_path, monkeypatch, method):
+    """Everything a step depends on is in the checkpoint: weights, optimizer, and method
+    state such as BYOL's target network and MoCo's key encoder and queue."""
+    full = pretrain(config(folder, tmp_path / "a", method=method), progress=False)
     real_save = train_mod.save_checkpoint
 
     def save_then_die(path, **state):
@@ -46,13 +49,15 @@ def test_resume_repeats_the_uninterrupted_run(folder, tmp_path, monkeypatch):
 
     monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        pretrain(config(folder, tmp_path / "b"), progress=False)
+        pretrain(config(folder, tmp_path / "b", method=method), progress=False)
     monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
-    rest = pretrain(config(folder, tmp_path / "b"), resume=True, progress=False)
+    rest = pretrain(config(folder, tmp_path / "b", method=method), resume=True, progress=False)
     assert rest == full[2:]
     a = load_checkpoint(str(tmp_path / "a" / "checkpoint.pt"))["model"]
     b = load_checkpoint(str(tmp_path / "b" / "checkpoint.pt"))["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    if method == "moco":  # 9 steps of 16 keys enqueued
+        assert int(a["queue_ptr"]) == 9 * 16 and a["queue"].shape == (4096, 128)
     with open(tmp_path / "b" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
@@ -131,7 +136,7 @@ def _run_ddp(folder, tmp_path, method):
     return single, got, a, b
 
 
-@pytest.mark.parametrize("method", ["simclr", "byol"])
+@pytest.mark.parametrize("method", ["simclr", "byol", "simsiam", "moco"])
 def test_ddp_matches_one_process(folder, tmp_path, method):
     """Same global batch, augmentations, BatchNorm statistics and negatives: a 2-process run
     equals one process up to summation order. Both run in float64 (models, views, losses and
@@ -139,7 +144,8 @@ def test_ddp_matches_one_process(folder, tmp_path, method):
     ~1e-4 in a weight within 3 steps on AVX2 oneDNN kernels (not on AVX-512), most likely
     through a discrete flip such as a ReLU at zero (not pinned to one op); in float64 the two
     runs differ by <= 1e-15 on both (measured), while a real difference (per-rank BatchNorm
-    statistics, local negatives) moves the weights by > 1e-5. The tolerances sit between."""
+    statistics, local negatives) moves the weights by > 1e-5. The tolerances sit between.
+    MoCo's queue is in the compared state: every rank's keys are gathered before enqueueing."""
     single, got, a, b = _run_ddp(folder, tmp_path, method)
     assert got[0][1] == got[1][1]  # every rank reports the same
     np.testing.assert_allclose(got[0][1], single, rtol=1e-12)

@@ -2,7 +2,7 @@
 
     simcore demo                  the whole pipeline on built-in generated images
     simcore run ...               the whole pipeline on your data, stage by stage, resumable
-    simcore pretrain ...          self-supervised pretraining (SimCLR, BYOL) into a run folder
+    simcore pretrain ...          self-supervised pretraining (SimCLR, BYOL, SimSiam, MoCo v2)
     simcore extract ...           backbone features of a dataset into a .npy file
     simcore eval knn|linear ...   kNN / linear-probe accuracy of a checkpoint
     simcore select ...            select a coreset from feature files (.npy)
@@ -17,6 +17,12 @@ import re
 import sys
 
 import numpy as np
+
+
+# simcore.methods.METHODS by name (listed here so that --help does not import torch;
+# tests/test_cli.py checks the two agree)
+METHOD_NAMES = ["simclr", "byol", "simsiam", "moco"]
+METHOD_HELP = "SSL method: simclr, byol, simsiam, moco (MoCo v2)"
 
 
 class Parser(argparse.ArgumentParser):
@@ -232,14 +238,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--k", type=int, default=100, help="k-means centroids")
     r.add_argument("--tau", type=parse_tau, default=0.95, help="stop threshold ratio, or 'none'")
     r.add_argument("--patience", type=int, default=20, help="round that fixes the threshold")
-    r.add_argument("--method", choices=["simclr", "byol"], default="simclr")
+    r.add_argument("--method", choices=METHOD_NAMES, default="simclr", help=METHOD_HELP)
     r.add_argument("--arch", default="resnet18", help="resnet18, resnet50, or e.g. resnet18-w0.25")
     r.add_argument("--epochs", type=int, default=100, help="pretraining epochs on X; retraining runs "
                    "the same number of optimizer steps")
     r.add_argument("--batch-size", type=int, default=256)
     r.add_argument("--lr", type=finite, default=None, help="peak learning rate (default 0.06 x batch / 256)")
     r.add_argument("--warmup-epochs", type=int, default=10)
-    r.add_argument("--temperature", type=finite, default=None, help="SimCLR temperature (default 0.5)")
+    r.add_argument("--temperature", type=finite, default=None, help="SimCLR (default 0.5) or MoCo (0.2) temperature")
     r.add_argument("--image-size", type=int, default=32)
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--compare-random", action="store_true",
@@ -272,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an ImageFolder tree, a .txt list of image paths, or torchvision:NAME[:split]; "
                    "repeat to concatenate")
     t.add_argument("--out", required=True, help="run folder: config.json, metrics.csv, checkpoint.pt")
-    t.add_argument("--method", choices=["simclr", "byol"], default="simclr")
+    t.add_argument("--method", choices=METHOD_NAMES, default="simclr", help=METHOD_HELP)
     t.add_argument("--arch", default="resnet18", help="resnet18, resnet50, or e.g. resnet18-w0.25")
     t.add_argument("--epochs", type=int, default=100)
     t.add_argument("--batch-size", type=int, default=256, help="global batch (all ranks)")
@@ -285,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--workers", type=int, default=-1, help="DataLoader workers for images > 96 px "
                    "(-1: this machine's cores per rank, minus one, at most 8)")
     t.add_argument("--min-crop", type=finite, default=0.08, help="smallest random-resized-crop area")
-    t.add_argument("--temperature", type=finite, default=None, help="SimCLR temperature (default 0.5)")
+    t.add_argument("--temperature", type=finite, default=None, help="SimCLR (default 0.5) or MoCo (0.2) temperature")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
                    help="bf16 autocast: auto = where the GPU or CPU has native bf16")

@@ -13,7 +13,8 @@ def wide(x: torch.Tensor) -> torch.Tensor:
 
 
 def mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
-    """Linear - BatchNorm - ReLU - Linear: SimCLR's projector, BYOL's projector and predictor."""
+    """Linear - BatchNorm - ReLU - Linear: SimCLR's projector, BYOL's projector and predictor,
+    SimSiam's predictor."""
     return nn.Sequential(nn.Linear(in_dim, hidden, bias=False), nn.BatchNorm1d(hidden),
                          nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
 
@@ -38,6 +39,17 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
         return x
     from torch.distributed.nn.functional import all_gather
     return torch.cat(all_gather(x, group=aux_group()), 0)
+
+
+@torch.no_grad()
+def gather(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's x concatenated in rank order, without gradients (MoCo's keys for its
+    queue; one process: x itself)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous(), group=aux_group())
+    return torch.cat(parts, 0)
 
 
 def rank_and_world():
