@@ -34,8 +34,9 @@ from .sources import OpenSet, OpenSetLike
 # one chunk is resident at a time on a CPU, two pinned + two device buffers for a GPU.
 _CHUNK_BYTES = {"cpu": 64 << 20, "cuda": 512 << 20}
 # Tensors already on the compute device: chunks are views that only pace the progress bar
-# (on a GPU each chunk also costs a few launches and syncs, so they are larger there).
-_TENSOR_CHUNK_BYTES = {"cpu": 512 << 20, "cuda": 4 << 30}
+# (fewer chunks also mean fewer merges of deep candidate lists; on a GPU each chunk also
+# costs a few launches and syncs).
+_TENSOR_CHUNK_BYTES = {"cpu": 2 << 30, "cuda": 4 << 30}
 # Bound on k x K x threads for one pass: each thread keeps 2K slots of 16 bytes per
 # centroid (512 MB in all at the bound); past it, rescans refill the lists instead.
 _MAX_CANDIDATE_ENTRIES = 1 << 24
@@ -70,6 +71,9 @@ def _merge(parts: List, K: int):
         return parts[0][0][:, :K].contiguous(), parts[0][1][:, :K].contiguous()
     v = torch.cat([p[0] for p in parts], 1)
     i = torch.cat([p[1] for p in parts], 1)
+    if v.device.type == "cpu":  # numpy's stable sort (timsort) merges the sorted runs in linear time
+        order = torch.from_numpy(np.argsort(-v.numpy(), axis=1, kind="stable")[:, :K])
+        return v.gather(1, order), i.gather(1, order)
     v, order = v.sort(dim=1, descending=True, stable=True)
     return v[:, :K].contiguous(), i.gather(1, order[:, :K])
 
@@ -344,7 +348,7 @@ def select_coreset(
     device     where to compute; default: openset's device if it is a tensor, else CUDA
                if available, else CPU.
     chunk_size rows of U per streamed chunk (default: ~64 MB read from files/arrays on a
-               CPU, ~512 MB copied to a GPU; tensors already on the device: ~512 MB on a
+               CPU, ~512 MB copied to a GPU; tensors already on the device: ~2 GB on a
                CPU, ~4 GB on a GPU).
     seed       k-means seed.
     progress   show a progress bar over each pass.

@@ -202,3 +202,25 @@ def test_torch_compile_uses_fake_impls():
     compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
     a, b = compiled(C, U, ex), f(C, U, ex)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+@pytest.mark.parametrize("K,floor", [(6000, False), (20000, False), (9000, True)])
+def test_deep_lists_are_sorted_exactly(K, floor):
+    """Lists of thousands of entries per centroid (crowded centroids) take the radix sort
+    of the merge: (score desc, index asc) over integer scores with many ties, with and
+    without a floor, and zero rows (a tie at 0 across many rows)."""
+    g = torch.Generator().manual_seed(K)
+    C = torch.randint(-2, 3, (5, 8), generator=g).float()
+    U = torch.randint(-2, 3, (30_000, 8), generator=g).float()
+    U[::7] = 0.0
+    fl = torch.full((5,), -3.0) if floor else None
+    v, i, _ = ops.scan_topk(C, U, None, K, False, fl)
+    S = (C.double() @ U.double().T)
+    for j in range(5):
+        ok = torch.ones(U.shape[0], dtype=torch.bool) if fl is None else S[j] > fl[j]
+        rows = torch.nonzero(ok).view(-1)
+        order = rows[np.lexsort((rows.numpy(), -S[j, rows].numpy()))][:K]
+        m = order.numel()
+        assert torch.equal(i[j, :m], order), j
+        assert torch.equal(v[j, :m].double(), S[j, order])
+        assert (i[j, m:] == -1).all() and torch.isinf(v[j, m:]).all()

@@ -234,7 +234,7 @@ def test_default_chunk_sizes():
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
     U = OpenSet(torch.zeros(10, 256, dtype=f16))
     assert _resident(U, cpu) and not _resident(U, gpu)  # host tensors are copied to a GPU
-    assert default_chunk_rows(256, f16, cpu, _resident(U, cpu)) == (512 << 20) // 512
+    assert default_chunk_rows(256, f16, cpu, _resident(U, cpu)) == (2 << 30) // 512
     assert default_chunk_rows(256, f16, gpu, _resident(U, gpu)) == (512 << 20) // 512
     assert default_chunk_rows(256, f16, cpu, False) == (64 << 20) // 512  # files and arrays
     assert default_chunk_rows(256, f16, gpu, True) == (4 << 30) // 512  # already on the GPU

@@ -102,6 +102,7 @@ class TopKLists {
 // is several times faster than sorting structs through a comparator, which matters when
 // lists are deep (crowded centroids: tens of thousands of entries per centroid).
 inline uint64_t rank_key(float s, int64_t i) {
+  if (s == 0.0f) s = 0.0f;  // -0.0 ties with 0.0, as in ranks_before
   uint32_t u;
   std::memcpy(&u, &s, 4);
   const uint32_t ascending = u ^ ((u >> 31) ? 0xffffffffu : 0x80000000u);
@@ -116,6 +117,32 @@ inline float key_score(uint64_t key) {
   return s;
 }
 
+// Ascending sort of keys: LSD radix sort (11-bit digits, digits all keys share skipped)
+// for long lists, std::sort for short ones.
+inline void sort_keys(std::vector<uint64_t>& keys) {
+  const size_t n = keys.size();
+  if (n < 4096) {
+    std::sort(keys.begin(), keys.end());
+    return;
+  }
+  constexpr int kBits = 11, kBuckets = 1 << kBits;
+  std::vector<uint64_t> tmp(n);
+  std::vector<size_t> count(kBuckets);
+  for (int shift = 0; shift < 64; shift += kBits) {
+    std::fill(count.begin(), count.end(), 0);
+    for (uint64_t k : keys) ++count[(k >> shift) & (kBuckets - 1)];
+    if (count[(keys[0] >> shift) & (kBuckets - 1)] == n) continue;  // one digit: nothing to do
+    size_t sum = 0;
+    for (size_t& c : count) {
+      const size_t here = c;
+      c = sum;
+      sum += here;
+    }
+    for (uint64_t k : keys) tmp[count[(k >> shift) & (kBuckets - 1)]++] = k;
+    keys.swap(tmp);
+  }
+}
+
 // Writes the K best of `all` (sorted) into out_score/out_index, padding with -inf / -1.
 inline void write_best(std::vector<Candidate>& all, int64_t K, float* out_score, int64_t* out_index) {
   int64_t m = std::min<int64_t>(K, static_cast<int64_t>(all.size()));
@@ -127,7 +154,8 @@ inline void write_best(std::vector<Candidate>& all, int64_t K, float* out_score,
     for (size_t t = 0; t < all.size(); ++t) keys[t] = rank_key(all[t].score, all[t].index);
     if (m > 0 && m < static_cast<int64_t>(keys.size()))
       std::nth_element(keys.begin(), keys.begin() + (m - 1), keys.end());
-    std::sort(keys.begin(), keys.begin() + m);
+    keys.resize(m);
+    sort_keys(keys);
     for (int64_t t = 0; t < m; ++t) {
       out_score[t] = key_score(keys[t]);
       out_index[t] = static_cast<int64_t>(keys[t] & 0xffffffffu);
