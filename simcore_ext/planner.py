@@ -26,7 +26,9 @@ from . import _ops
 from .candidates import CandidateLists
 from .sources import OpenSet
 
-SAMPLE_ROWS = 16384  # ~16 MB at d = 256: a few percent of a pass at N = 500k
+SAMPLE_ROWS = 16384  # at most (16 MB at d = 256 float32)
+SAMPLE_SHARE = 32  # at most 1/32 of U (~3% of a pass)...
+SAMPLE_MIN = 4096  # ...but at least this many rows (all of a smaller U)
 SAMPLE_RUNS = 1024  # runs of consecutive rows (a file is read in 1024 places, not 16k)
 DEPTH_MARGIN = 2.0  # sample depth -> floor depth: room for the sample's noise and lumpy ties
 DEPTH_SLACK = 4  # sample rows added to every depth (shallow lists are the noisiest)
@@ -69,7 +71,7 @@ def plan_first_pass(C: torch.Tensor, U: OpenSet, budget: int, metric: str,
     pass sees them (normalised under cosine), on any device; bound: the largest K memory
     allows."""
     k, N = C.shape[0], U.n
-    S = sample_rows(U, SAMPLE_ROWS)
+    S = sample_rows(U, min(SAMPLE_ROWS, max(SAMPLE_MIN, N // SAMPLE_SHARE)))
     m = S.shape[0]
     scale = N / m
     # Sample depth the replay can need: the budget's share of the sample, and a margin.
