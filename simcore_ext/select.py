@@ -115,8 +115,10 @@ class _Scanner:
                 v, i, norms = _ops.scan_topk(C, rows, ex, K, self.metric == "cosine", floor)
                 if validate:  # norms come free with the pass; details only on failure
                     check_rows(raw, self.U.name, self.metric, offset=start, norms=norms)
-                m = int((i >= 0).sum(1).max())  # later chunks bring few candidates
-                pending.append((v[:, :m], torch.where(i[:, :m] >= 0, i[:, :m] + start, -1)))
+                # later chunks bring few candidates (valid entries are a prefix of each row)
+                m = K if bool((i[:, -1] >= 0).any()) else int((i >= 0).sum(1).max())
+                rows_i = i[:, :m] if start == 0 else torch.where(i[:, :m] >= 0, i[:, :m] + start, -1)
+                pending.append((v[:, :m], rows_i))
                 width += m
                 if width >= K:  # merge seldom; a stale floor is still a valid floor
                     best = _merge(([best] if best is not None else []) + pending, K)
