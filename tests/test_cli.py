@@ -96,6 +96,9 @@ def test_methods_are_listed_and_wired():
     args = build_parser().parse_args(["run", "--target", "t", "--openset", "u", "--out", "o",
                                       "--method", "simsiam"])
     assert args.method == "simsiam"
+    for argv in (["pretrain", "--data", "d", "--out", "o"], ["run", "--target", "t", "--openset", "u", "--out", "o"]):
+        args = build_parser().parse_args(argv + ["--method", "moco", "--queue-size", "64"])
+        assert args.queue_size == 64
 
 
 def test_pretrain_extract_eval_commands(tmp_path, capsys):

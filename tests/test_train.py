@@ -254,3 +254,12 @@ def test_steps_fix_the_optimizer_steps_whatever_the_data_size(folder, tmp_path, 
                        (dict(warmup_steps=-1), "warmup_steps")):
         with pytest.raises(ValueError, match=match):
             config(folder, tmp_path / "b", **bad).check()
+
+
+def test_moco_warns_when_its_queue_outgrows_the_data(folder, tmp_path, capsys):
+    """48 images and 4096 queued keys: every image's own keys would be its negatives."""
+    pretrain(config(folder, tmp_path / "a", method="moco", epochs=1, warmup_epochs=0), progress=False)
+    assert "MoCo's queue holds 4096 keys and there are 48 training images" in capsys.readouterr().out
+    pretrain(config(folder, tmp_path / "b", method="moco", epochs=1, warmup_epochs=0,
+                    method_options=dict(queue_size=32)), progress=False)
+    assert "queue holds" not in capsys.readouterr().out

@@ -103,6 +103,8 @@ def cmd_pretrain(args) -> int:
     options = {}
     if args.temperature is not None:
         options["temperature"] = args.temperature
+    if args.queue_size is not None:
+        options["queue_size"] = args.queue_size
     cfg = TrainConfig(data=args.data, out=args.out, method=args.method, arch=args.arch,
                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       weight_decay=args.weight_decay, optimizer=args.optimizer,
@@ -189,6 +191,8 @@ def cmd_run(args) -> int:
     options = {}
     if args.temperature is not None:
         options["temperature"] = args.temperature
+    if args.queue_size is not None:
+        options["queue_size"] = args.queue_size
     cfg = RunConfig(target=args.target, openset=args.openset, out=args.out, test=args.test,
                     budget=args.budget, k=args.k, tau=args.tau, patience=args.patience,
                     method=args.method, arch=args.arch, epochs=args.epochs, batch_size=args.batch_size,
@@ -246,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--lr", type=finite, default=None, help="peak learning rate (default 0.06 x batch / 256)")
     r.add_argument("--warmup-epochs", type=int, default=10)
     r.add_argument("--temperature", type=finite, default=None, help="SimCLR (default 0.5) or MoCo (0.2) temperature")
+    r.add_argument("--queue-size", type=int, default=None, help="MoCo: negatives kept in its queue "
+                   "(default 4096; keep it below the number of training images)")
     r.add_argument("--image-size", type=int, default=32)
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--compare-random", action="store_true",
@@ -292,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(-1: this machine's cores per rank, minus one, at most 8)")
     t.add_argument("--min-crop", type=finite, default=0.08, help="smallest random-resized-crop area")
     t.add_argument("--temperature", type=finite, default=None, help="SimCLR (default 0.5) or MoCo (0.2) temperature")
+    t.add_argument("--queue-size", type=int, default=None, help="MoCo: negatives kept in its queue "
+                   "(default 4096; keep it below the number of training images)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
                    help="bf16 autocast: auto = where the GPU or CPU has native bf16")

@@ -106,6 +106,9 @@ class TrainConfig:
         t = self.method_options.get("temperature")
         if t is not None and (isinstance(t, bool) or not isinstance(t, numbers.Real) or not math.isfinite(t) or t <= 0):
             raise ValueError(f"temperature must be a finite number > 0, got {t!r}")
+        q = self.method_options.get("queue_size")
+        if q is not None and (isinstance(q, bool) or not isinstance(q, numbers.Integral) or q < 1):
+            raise ValueError(f"queue_size must be a positive int, got {q!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or not 0 <= self.seed <= SEED_MAX:
             raise ValueError(f"seed must be an int in [0, {SEED_MAX}], got {self.seed!r}")
         from .data import check_cache_dir
@@ -274,6 +277,11 @@ def pretrain(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> L
         _write_json_atomic(dict(asdict(cfg), world_size=world, device=str(device), images=n,
                                 total_steps=total_steps, resolved_warmup_steps=warmup_steps),
                            os.path.join(cfg.out, "config.json"))
+        queue = getattr(method, "queue", None)  # MoCo: its own keys must not be its negatives
+        if queue is not None and queue.shape[0] >= n:
+            tqdm.write(f"simcore: warning: MoCo's queue holds {queue.shape[0]} keys and there are {n} "
+                       f"training images, so an image's own earlier keys become its negatives; "
+                       f"pass --queue-size below {n}")
     metrics = _Metrics(os.path.join(cfg.out, "metrics.csv"), start_epoch) if rank == 0 else None
     board = _board(cfg) if rank == 0 and cfg.tensorboard else None
     model = method

@@ -13,7 +13,7 @@ What makes it v2, as in the official code (facebookresearch/moco):
     and a resume continues with the same negatives. 4096 by default rather than v2's
     65,536: the queue should hold fewer keys than there are training images, or an image's
     own keys from earlier epochs are among its negatives; 4096 suits sets from several
-    thousand images on (CIFAR recipes use it), pass a smaller queue_size for smaller ones;
+    thousand images on (CIFAR recipes use it), pass a smaller queue_size (`--queue-size`) for smaller ones;
   - InfoNCE with a temperature (0.2): cross-entropy of the positive key against the queue,
     on cosine similarities / t;
   - v2's MLP projection head: Linear - ReLU - Linear (no BatchNorm), hidden width the
