@@ -123,13 +123,13 @@ def _replay(lists: CandidateLists, m: int, budget: float, tau: Optional[float], 
         if lists.dry.any():  # a sample list ran out: plan for all of it
             break
         picks, vals = lists.picks()
+        items = np.unique(picks)
         g = float(np.mean(vals, dtype=np.float64))
         if tau is not None:
-            if threshold is None and n_sel + len(np.unique(picks)) > at_patience:
+            if threshold is None and n_sel + items.shape[0] > at_patience:
                 threshold = tau * g
             elif threshold is not None and g < threshold:
                 break
-        items = np.unique(picks)
         selected[items] = True
         n_sel += items.shape[0]
     lists.advance(selected)
