@@ -101,6 +101,10 @@ def main():
         o = {m: statistics.mean(per_seed[s]["rows"]["X + oracle"][m] for s in args.seeds) - x[m] for m in METRICS}
         gains.append(f"{name} - X: " + ", ".join(f"{m} {d[m]:+.1f}" for m in METRICS)
                      + " (oracle " + ", ".join(f"{o[m]:+.1f}" for m in METRICS) + ")")
+    sim = {m: statistics.mean(per_seed[s]["rows"]["X + SimCore"][m] for s in args.seeds) - x[m] for m in METRICS}
+    ora = {m: statistics.mean(per_seed[s]["rows"]["X + oracle"][m] for s in args.seeds) - x[m] for m in METRICS}
+    gains.append("share of the oracle's gain SimCore recovers: " + ", ".join(
+        f"{m} {sim[m] / ora[m]:.2f}" if ora[m] > 0 else f"{m} - (the oracle gains nothing)" for m in METRICS))
     lines += [""] + gains + [""]
     for sampler in per_seed[args.seeds[0]]["composition"]:
         groups = per_seed[args.seeds[0]]["composition"][sampler]

@@ -33,7 +33,8 @@ def test_pipeline_demo_small(tmp_path, capsys, monkeypatch):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--quiet"]) == 0
     text = capsys.readouterr().out
-    for line in ("X + random", "X + SimCore", "coreset: 20 of 200 open-set images"):
+    for line in ("X + random", "X + SimCore", "coreset: 20 of 200 open-set images",
+                 "X + SimCore, linear: ", " against X + random (one seed)"):
         assert line in text, line
     rows = [line.split("  target-class")[0].strip() for line in text.splitlines() if "  target-class " in line]
     assert rows == ["SimCore", "nearest to X", "nearest to mean", "random", "open-set"]  # aligned columns
@@ -44,6 +45,22 @@ def test_pipeline_demo_small(tmp_path, capsys, monkeypatch):
             p.name for p in (out / "report").iterdir())
     assert main(["demo", "--out", str(out), "--quiet"]) == 0
     assert capsys.readouterr().out.count("up to date (skipped)") == 8
+
+
+def test_demo_settings_train_on_every_target_image_each_epoch():
+    """The demo's regime (RESULTS.md, issue 11) is 300 optimizer steps over 240 images: a batch
+    size that does not divide X would drop the remainder every epoch (1 step an epoch at
+    batch 128) and silently halve the steps. Its world needs relatives and target images."""
+    from simcore import demo
+    from simcore.synthetic import make_demo_data
+    import inspect
+    classes = inspect.signature(make_demo_data).parameters["classes"].default
+    n = classes * demo.DEMO_DATA["train_per_class"]
+    assert n % demo.DEMO["batch_size"] == 0
+    assert demo.DEMO["epochs"] * n // demo.DEMO["batch_size"] == 300
+    assert demo.DEMO_DATA["related"] == "squares" and demo.DEMO_DATA["share_target"] > 0
+    budget = demo.DEMO["budget"] * demo.DEMO_DATA["openset_size"]
+    assert budget == int(budget) and budget <= demo.DEMO_DATA["share_target"] * demo.DEMO_DATA["openset_size"]
 
 
 def test_select_matches_api(tmp_path, capsys):

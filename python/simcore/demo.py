@@ -102,13 +102,20 @@ def run_selection_demo(out: str | None = None, seed: int = 0, n_openset: int = 2
     return 0
 
 
-# The pipeline demo's settings: small enough for a 2-core CPU in a few minutes, large
-# enough for the encoder to learn the classes (chosen on the generated data, not tuned on
-# any test split of real data).
-DEMO_DATA = dict(train_per_class=100, test_per_class=50, openset_size=6000, share_target=0.05,
-                 share_related=0.15)
-DEMO = dict(arch="resnet18-w0.25", epochs=30, batch_size=128, lr=0.3, warmup_epochs=3, k=30,
-            budget=0.1, linear_epochs=100)
+# The pipeline demo's settings: a 2-core CPU runs them in about three minutes. They put the
+# demo where SimCore has something to add (RESULTS.md, issue 11): X is small (40 images per
+# class) and the encoder sees each of its images ~150 times, so at these optimizer steps
+# new images of the target's semantics improve it, while at 30 epochs they did not. The
+# open-set holds, like ImageNet for a dog target (~12% dogs), 10% new images of the target's
+# classes and 30% relatives (the target's patterns on squares: another object with the same
+# semantics); the rest is unrelated. 200 test images per class keep the test noise near
+# +-1 point. Chosen on generated worlds of seeds 0 and 1; seeds 3-5 confirm them.
+DEMO_DATA = dict(train_per_class=40, test_per_class=200, openset_size=6000, share_target=0.10,
+                 share_related=0.30, related="squares")
+# 240 images in batches of 120: 2 steps an epoch, 300 steps in all (a batch size that does not
+# divide X drops the remainder every epoch).
+DEMO = dict(arch="resnet18-w0.25", epochs=150, batch_size=120, lr=0.3, warmup_epochs=15, k=30,
+            budget=0.08, linear_epochs=100)
 
 
 def run_demo(out: str = "simcore-demo", seed: int = 0, from_stage: str | None = None,
@@ -132,6 +139,11 @@ def run_demo(out: str = "simcore-demo", seed: int = 0, from_stage: str | None = 
     print(f"{'pretraining data':<18} {'linear':>8} {'kNN k=20':>9} {'kNN k=200':>10}")
     for name, v in ev.items():
         print(f"{name:<18} {v['linear']:>7.1f}% {v['knn20']:>8.1f}% {v['knn200']:>9.1f}%")
+    if {"X", "X + SimCore"} <= ev.keys():
+        gain = ev["X + SimCore"]["linear"] - ev["X"]["linear"]
+        vs = (f", {ev['X + SimCore']['linear'] - ev['X + random']['linear']:+.1f} against X + random"
+              if "X + random" in ev else "")
+        print(f"X + SimCore, linear: {gain:+.1f} points against X{vs} (one seed)")
     comp = run.stage_record("report")["composition"].get("group", {})
     sel = run.stage_record("select")
     print(f"\ncoreset: {sel['items']} of {sel['openset']} open-set images, {sel['rounds']} rounds "
