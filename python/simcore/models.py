@@ -13,10 +13,11 @@ the first downsampling stage for EfficientNet (a 32 px image ends at 4x4, as in 
 ResNets), and for ViTs a patch size suited to the input (`vit_patch`: 4 px at 32 px, 16 px
 at 224 px). The CNNs take a width suffix (`resnet18-w0.25`: every stage a quarter as wide)
 so that real experiments fit a small CPU. At width 1 with the ImageNet stem (images above
-96 px; for ViTs, 16 px patches from 128 px on) the parameter names and shapes are
-torchvision's minus the classifier (`fc`, `classifier`, `heads`), so torchvision
-checkpoints load into them with strict key matching (ViT-Ti/S have no torchvision
-constructor; theirs are VisionTransformer's names, as for ViT-B)."""
+96 px; ViTs at 224 px, 16 px patches) the parameter names and shapes are torchvision's
+minus the classifier (`fc`, `classifier`, `heads`), so torchvision checkpoints load into
+them with strict key matching (ViT-Ti/S have no torchvision constructor; theirs are
+VisionTransformer's names, as for ViT-B; at other sizes with 16 px patches, after
+torchvision's interpolate_embeddings)."""
 from __future__ import annotations
 
 import math
