@@ -100,14 +100,15 @@ def test_help_lists_defaults():
     assert "default: 0.95" in out and "--openset-features" in out
 
 
-def test_methods_are_listed_and_wired():
-    from simcore.cli import METHOD_NAMES, build_parser
+def test_methods_and_archs_are_listed_and_wired():
+    from simcore.cli import ARCH_NAMES, METHOD_NAMES, build_parser
     from simcore.methods import METHODS
     assert sorted(METHOD_NAMES) == sorted(METHODS)
     for command in ("pretrain", "run"):
         out = subprocess.run([sys.executable, "-m", "simcore", command, "--help"], capture_output=True,
                              text=True, cwd="/").stdout
         assert "simsiam" in out and "moco" in out, command
+        assert all(arch in out for arch in ARCH_NAMES), command
     args = build_parser().parse_args(["pretrain", "--data", "d", "--out", "o", "--method", "moco"])
     assert args.method == "moco"
     args = build_parser().parse_args(["run", "--target", "t", "--openset", "u", "--out", "o",

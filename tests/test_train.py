@@ -35,11 +35,12 @@ def config(folder, out, **kw):
     return TrainConfig(**base)
 
 
-@pytest.mark.parametrize("method", ["simclr", "byol", "simsiam", "moco"])
-def test_resume_repeats_the_uninterrupted_run(folder, tmp_path, monkeypatch, method):
+@pytest.mark.parametrize("method,arch", [(m, "resnet18-w0.25") for m in ("simclr", "byol", "simsiam", "moco")] +
+                         [("simclr", "vit_tiny"), ("moco", "efficientnet_b0-w0.25")])
+def test_resume_repeats_the_uninterrupted_run(folder, tmp_path, monkeypatch, method, arch):
     """Everything a step depends on is in the checkpoint: weights, optimizer, and method
     state such as BYOL's target network and MoCo's key encoder and queue."""
-    full = pretrain(config(folder, tmp_path / "a", method=method), progress=False)
+    full = pretrain(config(folder, tmp_path / "a", method=method, arch=arch), progress=False)
     real_save = train_mod.save_checkpoint
 
     def save_then_die(path, **state):
@@ -49,9 +50,9 @@ def test_resume_repeats_the_uninterrupted_run(folder, tmp_path, monkeypatch, met
 
     monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        pretrain(config(folder, tmp_path / "b", method=method), progress=False)
+        pretrain(config(folder, tmp_path / "b", method=method, arch=arch), progress=False)
     monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
-    rest = pretrain(config(folder, tmp_path / "b", method=method), resume=True, progress=False)
+    rest = pretrain(config(folder, tmp_path / "b", method=method, arch=arch), resume=True, progress=False)
     assert rest == full[2:]
     a = load_checkpoint(str(tmp_path / "a" / "checkpoint.pt"))["model"]
     b = load_checkpoint(str(tmp_path / "b" / "checkpoint.pt"))["model"]
@@ -89,7 +90,7 @@ def test_refusals(folder, tmp_path):
         config(folder, tmp_path / "z", arch="vgg").check()
 
 
-def _ddp_worker(rank, world, port, folder, out, method, q):
+def _ddp_worker(rank, world, port, folder, out, method, q, arch="resnet18-w0.25"):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
                       RANK=str(rank), LOCAL_RANK=str(rank))
     import torch.distributed as dist
@@ -97,7 +98,7 @@ def _ddp_worker(rank, world, port, folder, out, method, q):
     torch.set_num_threads(1)
     torch.set_default_dtype(torch.float64)  # see test_ddp_matches_one_process
     try:
-        losses = pretrain(config(folder, out, epochs=1, method=method), progress=False)
+        losses = pretrain(config(folder, out, epochs=1, method=method, arch=arch), progress=False)
         q.put((rank, losses))
     except Exception as e:  # noqa: BLE001
         q.put((rank, repr(e)))
@@ -105,12 +106,12 @@ def _ddp_worker(rank, world, port, folder, out, method, q):
         dist.destroy_process_group()
 
 
-def _run_ddp(folder, tmp_path, method):
+def _run_ddp(folder, tmp_path, method, arch="resnet18-w0.25"):
     """(single-process losses, [(rank, losses)], single weights, DDP weights)."""
     import torch.multiprocessing as mp
     torch.set_default_dtype(torch.float64)
     try:
-        single = pretrain(config(folder, tmp_path / "one", epochs=1, method=method), progress=False)
+        single = pretrain(config(folder, tmp_path / "one", epochs=1, method=method, arch=arch), progress=False)
     finally:
         torch.set_default_dtype(torch.float32)
     with socket.socket() as s:
@@ -118,7 +119,7 @@ def _run_ddp(folder, tmp_path, method):
         port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, folder, str(tmp_path / "two"), method, q),
+    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, folder, str(tmp_path / "two"), method, q, arch),
                          daemon=True) for r in range(2)]
     for p in procs:
         p.start()
@@ -136,8 +137,9 @@ def _run_ddp(folder, tmp_path, method):
     return single, got, a, b
 
 
-@pytest.mark.parametrize("method", ["simclr", "byol", "simsiam", "moco"])
-def test_ddp_matches_one_process(folder, tmp_path, method):
+@pytest.mark.parametrize("method,arch", [(m, "resnet18-w0.25") for m in ("simclr", "byol", "simsiam", "moco")] +
+                         [("simclr", "vit_tiny"), ("byol", "efficientnet_b0-w0.25")])
+def test_ddp_matches_one_process(folder, tmp_path, method, arch):
     """Same global batch, augmentations, BatchNorm statistics and negatives: a 2-process run
     equals one process up to summation order. Both run in float64 (models, views, losses and
     BatchNorm statistics follow the default dtype): in float32 a last-bit difference grows to
@@ -145,8 +147,10 @@ def test_ddp_matches_one_process(folder, tmp_path, method):
     through a discrete flip such as a ReLU at zero (not pinned to one op); in float64 the two
     runs differ by <= 1e-15 on both (measured), while a real difference (per-rank BatchNorm
     statistics, local negatives) moves the weights by > 1e-5. The tolerances sit between.
-    MoCo's queue is in the compared state: every rank's keys are gathered before enqueueing."""
-    single, got, a, b = _run_ddp(folder, tmp_path, method)
+    MoCo's queue is in the compared state: every rank's keys are gathered before enqueueing.
+    ViT-Ti (no BatchNorm in the backbone, only in the heads) and EfficientNet-B0 (stochastic
+    depth off: it would draw per rank) too."""
+    single, got, a, b = _run_ddp(folder, tmp_path, method, arch)
     assert got[0][1] == got[1][1]  # every rank reports the same
     np.testing.assert_allclose(got[0][1], single, rtol=1e-12)
     assert a.keys() == b.keys()

@@ -23,6 +23,11 @@ import numpy as np
 # tests/test_cli.py checks the two agree)
 METHOD_NAMES = ["simclr", "byol", "simsiam", "moco"]
 METHOD_HELP = "SSL method: simclr, byol, simsiam, moco (MoCo v2)"
+# simcore.models.ARCH_NAMES, likewise (tests/test_cli.py checks the two agree)
+ARCH_NAMES = ["resnet18", "resnet50", "resnet101", "resnext50_32x4d", "efficientnet_b0", "vit_tiny", "vit_small",
+              "vit_base"]
+ARCH_HELP = ("backbone: " + ", ".join(ARCH_NAMES) + "; the CNNs take a width suffix (resnet18-w0.25: a quarter "
+             "as wide); ViT patches are 4 px below 64 px, 8 px below 128 px, else 16 px")
 
 
 class Parser(argparse.ArgumentParser):
@@ -243,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--tau", type=parse_tau, default=0.95, help="stop threshold ratio, or 'none'")
     r.add_argument("--patience", type=int, default=20, help="round that fixes the threshold")
     r.add_argument("--method", choices=METHOD_NAMES, default="simclr", help=METHOD_HELP)
-    r.add_argument("--arch", default="resnet18", help="resnet18, resnet50, or e.g. resnet18-w0.25")
+    r.add_argument("--arch", default="resnet18", help=ARCH_HELP)
     r.add_argument("--epochs", type=int, default=100, help="pretraining epochs on X; retraining runs "
                    "the same number of optimizer steps")
     r.add_argument("--batch-size", type=int, default=256)
@@ -285,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "repeat to concatenate")
     t.add_argument("--out", required=True, help="run folder: config.json, metrics.csv, checkpoint.pt")
     t.add_argument("--method", choices=METHOD_NAMES, default="simclr", help=METHOD_HELP)
-    t.add_argument("--arch", default="resnet18", help="resnet18, resnet50, or e.g. resnet18-w0.25")
+    t.add_argument("--arch", default="resnet18", help=ARCH_HELP)
     t.add_argument("--epochs", type=int, default=100)
     t.add_argument("--batch-size", type=int, default=256, help="global batch (all ranks)")
     t.add_argument("--lr", type=finite, default=None, help="peak learning rate (default 0.06 x batch / 256)")

@@ -77,7 +77,8 @@ def load_backbone(checkpoint: str, device: torch.device):
         if not isinstance(cfg.get(key), kind) or isinstance(cfg.get(key), bool):
             raise ValueError(f"{checkpoint}: its config has no valid {key!r} ({cfg.get(key)!r})")
     try:
-        backbone = build_backbone(cfg["arch"], small_images=cfg["image_size"] <= SMALL_IMAGES)
+        backbone = build_backbone(cfg["arch"], small_images=cfg["image_size"] <= SMALL_IMAGES,
+                                  image_size=cfg["image_size"])
     except ValueError as e:
         raise ValueError(f"{checkpoint}: {e}") from None
     weights = {k[len("backbone."):]: v for k, v in state["model"].items() if k.startswith("backbone.")}

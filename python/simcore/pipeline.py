@@ -123,6 +123,11 @@ class RunConfig:
         from .data import check_cache_dir
         check_cache_dir(self.cache_dir)
         self.train_config([self.target], os.path.join(self.out, "pretrain")).check()
+        if self.retrieval_encoder == "pretrain" and self.retrieval_size is not None:
+            from .models import parse_arch, vit_patch
+            if parse_arch(self.arch)[0].startswith("vit") and self.retrieval_size % vit_patch(self.image_size):
+                raise ValueError(f"--retrieval-size {self.retrieval_size}: the pretrained {self.arch} takes "
+                                 f"multiples of its {vit_patch(self.image_size)} px patch")
         kind = parse_spec(self.target)[0]
         if self.test is not None:
             if kind == "list":

@@ -73,6 +73,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "image_size"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
                 raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
+        parse_arch(self.arch, self.image_size)  # a ViT's patch must divide the images
         if self.image_size > 1024:
             raise ValueError(f"image_size must be at most 1024, got {self.image_size}")
         from .methods import METHODS
@@ -168,7 +169,7 @@ def init_distributed() -> None:
 def build(cfg: TrainConfig, device: torch.device):
     """The method (backbone + heads) for a config, on `device`."""
     torch.manual_seed(cfg.seed)  # the initial weights
-    backbone = build_backbone(cfg.arch, small_images=cfg.image_size <= SMALL_IMAGES)
+    backbone = build_backbone(cfg.arch, small_images=cfg.image_size <= SMALL_IMAGES, image_size=cfg.image_size)
     method = build_method(cfg.method, backbone, **cfg.method_options)
     if cfg.channels_last:
         method = method.to(memory_format=torch.channels_last)
