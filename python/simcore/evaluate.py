@@ -143,6 +143,12 @@ def label_subset(labels: torch.Tensor, fraction: float, seed: int = 0) -> Tuple[
     return torch.sort(torch.cat(rows)).values, raised
 
 
+# Batches smaller than this (a last partial batch, a subset of a few images) are filled with
+# repeated images, each differently augmented: torch's CPU backward segfaulted here on
+# batches of 1-3 small images (resnet18-w0.125 at 16 px).
+MIN_BATCH = 8
+
+
 def finetune(backbone: torch.nn.Module, train_images: torch.Tensor, train_y: torch.Tensor,
              test_images: torch.Tensor, test_y: torch.Tensor, epochs: int = 50, lr: float = 0.05,
              batch_size: int = 64, weight_decay: float = 5e-4, min_crop: float = 0.2, seed: int = 0,
@@ -152,7 +158,8 @@ def finetune(backbone: torch.nn.Module, train_images: torch.Tensor, train_y: tor
     (momentum 0.9, weight decay on every weight), cosine lr from `lr` to 0 over every step,
     cross-entropy; each batch augmented by augment.py's batched augment with crop and flip
     only (random resized crop of area [min_crop, 1], horizontal flip; no colour jitter or
-    grayscale, which would erase the colours a fine-grained class may hinge on). Returns the
+    grayscale, which would erase the colours a fine-grained class may hinge on); a batch
+    under MIN_BATCH images is filled with repeats of its images. Returns the
     final epoch's test top-1 and mean-per-class accuracy (%); the test split is never used
     to choose anything. The same seed repeats a CPU run exactly."""
     for name, images, y in (("train", train_images, train_y), ("test", test_images, test_y)):
@@ -193,6 +200,8 @@ def finetune(backbone: torch.nn.Module, train_images: torch.Tensor, train_y: tor
             order = torch.randperm(n, generator=order_g).to(device)
             for a in range(0, n, batch_size):
                 i = order[a:a + batch_size]
+                if i.numel() < MIN_BATCH:  # repeated rows, each differently augmented
+                    i = i.repeat(-(-MIN_BATCH // i.numel()))[:MIN_BATCH]
                 x = augment(images[i], cfg, aug_g).contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                     loss = F.cross_entropy(model(x).float(), y[i])
@@ -201,9 +210,10 @@ def finetune(backbone: torch.nn.Module, train_images: torch.Tensor, train_y: tor
                 opt.step()
                 sched.step()
                 bar.update(1)
-            if not math.isfinite(float(loss)):
-                raise ValueError(f"fine-tuning diverged (loss {float(loss)}): try a lower lr")
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            last = float(loss.detach())
+            if not math.isfinite(last):
+                raise ValueError(f"fine-tuning diverged (loss {last}): try a lower lr")
+            bar.set_postfix(loss=f"{last:.3f}")
     model.eval()
     eval_cfg = Augment(size=train_images.shape[-1])
     with torch.no_grad():
