@@ -4,7 +4,7 @@
     simcore run ...               the whole pipeline on your data, stage by stage, resumable
     simcore pretrain ...          self-supervised pretraining (SimCLR, BYOL, SimSiam, MoCo v2)
     simcore extract ...           backbone features of a dataset into a .npy file
-    simcore eval knn|linear ...   kNN / linear-probe accuracy of a checkpoint
+    simcore eval knn|linear|finetune ...   kNN, linear-probe or fine-tuning accuracy of a checkpoint
     simcore select ...            select a coreset from feature files (.npy)
 """
 from __future__ import annotations
@@ -138,43 +138,90 @@ def cmd_extract(args) -> int:
     return 0
 
 
+# `simcore eval` defaults per protocol (where the command line gives none)
+EVAL_DEFAULTS = {"linear": dict(epochs=100, lr=0.1), "knn": dict(epochs=100, lr=0.1),
+                 "finetune": dict(epochs=50, lr=0.05)}
+
+
 def cmd_eval(args) -> int:
     import torch
 
-    from .evaluate import knn, linear_probe
     from .extract import FeatureSource, features_of, load_backbone
 
     # every number before any image is decoded
+    for name, value in EVAL_DEFAULTS[args.protocol].items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
     if args.epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
     if args.lr <= 0:
         raise ValueError(f"--lr must be > 0, got {args.lr}")
     if not 0 <= args.val_fraction < 1:
         raise ValueError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
+    if not 0 < args.label_fraction <= 1:
+        raise ValueError(f"--label-fraction must be in (0, 1], got {args.label_fraction}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if not 0 < args.min_crop <= 1:
+        raise ValueError(f"--min-crop must be in (0, 1], got {args.min_crop}")
     from .train import SEED_MAX
     if not 0 <= args.seed <= SEED_MAX:
         raise ValueError(f"--seed must be in [0, {SEED_MAX}], got {args.seed}")
     from .data import check_cache_dir
     check_cache_dir(args.cache_dir)
+    if args.out is not None and os.path.isdir(args.out):
+        raise ValueError(f"--out {args.out} is a folder: give a file name (RESULT.json)")
     dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     backbone, cfg = load_backbone(args.checkpoint, dev)
-    sets = [FeatureSource(s, cfg["image_size"], args.cache_dir, args.skip_bad_images, args.workers)
-            for s in (args.train, args.test)]
-    if sets[0].classes != sets[1].classes:
-        raise ValueError(f"train and test have different classes: {sets[0].classes} vs {sets[1].classes}")
-    if len(sets[0].classes) < 2:
-        raise ValueError(f"--train {args.train} has {len(sets[0].classes)} class(es): accuracy needs at least two")
-    ftr, fte = (features_of(backbone, s) for s in sets)
-    ytr, yte = (s.labels() for s in sets)
-    if args.protocol == "knn":
-        acc = knn(ftr, ytr, fte, yte)
-        result = {f"knn_top1_k{k}": v for k, v in acc.items()}
+    if args.protocol == "finetune":
+        result = _eval_finetune(args, backbone, cfg)
     else:
-        acc = linear_probe(ftr, ytr, fte, yte, epochs=args.epochs, seed=args.seed,
-                           lr=args.lr, val_fraction=args.val_fraction)
-        result = {f"linear_{k}": v for k, v in acc.items()}
+        from .evaluate import knn, linear_probe
+        sets = [FeatureSource(s, cfg["image_size"], args.cache_dir, args.skip_bad_images, args.workers,
+                              progress=not args.quiet) for s in (args.train, args.test)]
+        _check_classes(sets[0].classes, sets[1].classes, args.train)
+        ftr, fte = (features_of(backbone, s) for s in sets)
+        ytr, yte = (s.labels() for s in sets)
+        if args.protocol == "knn":
+            acc = knn(ftr, ytr, fte, yte)
+            result = {f"knn_top1_k{k}": v for k, v in acc.items()}
+        else:
+            acc = linear_probe(ftr, ytr, fte, yte, epochs=args.epochs, seed=args.seed,
+                               lr=args.lr, val_fraction=args.val_fraction)
+            result = {f"linear_{k}": v for k, v in acc.items()}
+    if args.out is not None:
+        from simcore_ext.result import atomic_write
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        atomic_write(args.out, lambda f: json.dump(result, f, indent=2), binary=False)
     print(json.dumps(result))
     return 0
+
+
+def _check_classes(train, test, train_spec):
+    if train != test:
+        raise ValueError(f"train and test have different classes: {train} vs {test}")
+    if len(train) < 2:
+        raise ValueError(f"--train {train_spec} has {len(train)} class(es): accuracy needs at least two")
+
+
+def _eval_finetune(args, backbone, cfg) -> dict:
+    """The whole network fine-tuned on a class-balanced share of --train's labels."""
+    from .data import load_images
+    from .evaluate import finetune, label_subset
+    sets = [load_images(s, cfg["image_size"], cache_dir=args.cache_dir, skip_bad=args.skip_bad_images,
+                        progress=not args.quiet) for s in (args.train, args.test)]
+    _check_classes(sets[0].classes, sets[1].classes, args.train)
+    rows, raised = label_subset(sets[0].labels, args.label_fraction, args.seed)
+    if raised:
+        names = ", ".join(sets[0].classes[c] for c in raised[:5]) + (", ..." if len(raised) > 5 else "")
+        print(f"simcore eval: note: --label-fraction {args.label_fraction:g} leaves {len(raised)} class(es) "
+              f"with no image ({names}): rounded up to one image each, {len(rows)} images in all", file=sys.stderr)
+    acc = finetune(backbone, sets[0].images[rows], sets[0].labels[rows], sets[1].images, sets[1].labels,
+                   epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, min_crop=args.min_crop,
+                   seed=args.seed, amp=args.amp, progress=not args.quiet,
+                   desc=f"finetune {100 * args.label_fraction:g}% ({len(rows)} images)")
+    return {"finetune_top1": acc["top1"], "finetune_mean_per_class": acc["mean_per_class"],
+            "label_fraction": args.label_fraction, "labelled_images": len(rows)}
 
 
 def cmd_demo(args) -> int:
@@ -204,6 +251,7 @@ def cmd_run(args) -> int:
                     lr=args.lr, warmup_epochs=min(args.warmup_epochs, args.epochs),
                     image_size=args.image_size, seed=args.seed, compare_random=args.compare_random,
                     openset_groups=args.openset_groups, linear_epochs=args.linear_epochs,
+                    finetune=args.finetune, finetune_epochs=args.finetune_epochs,
                     device=args.device, amp=args.amp, workers=args.workers, cache_dir=args.cache_dir,
                     skip_bad_images=args.skip_bad_images, method_options=options,
                     retrieval_encoder=args.retrieval_encoder, retrieval_size=args.retrieval_size)
@@ -271,6 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--retrieval-size", type=int, default=None, metavar="PX",
                    help="the retrieval encoder's input size (default: its own; pretrain: --image-size)")
     r.add_argument("--linear-epochs", type=int, default=100)
+    r.add_argument("--finetune", type=finite, nargs="+", default=[], metavar="FRACTION",
+                   help="also fine-tune every encoder (whole network, new linear head) on these shares of X's "
+                   "labels, e.g. 0.1 0.2 0.5 (eval stage; see `simcore eval finetune --help`)")
+    r.add_argument("--finetune-epochs", type=int, default=50, help="fine-tuning epochs (with --finetune)")
     r.add_argument("--from-stage", choices=STAGES, default=None,
                    help="run this stage again even if complete; later stages re-run where its result "
                    "changed")
@@ -338,20 +390,35 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_extract)
 
-    v = sub.add_parser("eval", help="kNN or linear-probe accuracy of a checkpoint", formatter_class=fmt)
-    v.add_argument("protocol", choices=["knn", "linear"])
+    v = sub.add_parser("eval", help="kNN, linear-probe or fine-tuning accuracy of a checkpoint",
+                       formatter_class=fmt, description="knn and linear: on frozen features of --train. "
+                       "finetune: the whole network (the checkpoint's backbone and a new linear head) trained "
+                       "on a class-balanced, seeded share of --train's labels (--label-fraction; at least one "
+                       "image per class), with random-resized-crop + flip augmentation; SGD, momentum 0.9, "
+                       "weight decay 5e-4, cosine lr. All report the final model's accuracy on --test; the "
+                       "checkpoint file is only read.")
+    v.add_argument("protocol", choices=["knn", "linear", "finetune"])
     v.add_argument("--checkpoint", required=True)
     v.add_argument("--train", required=True, help="labelled training images (ImageFolder or torchvision:...)")
     v.add_argument("--test", required=True, help="labelled test images")
-    v.add_argument("--epochs", type=int, default=100, help="linear probe epochs")
-    v.add_argument("--lr", type=finite, default=0.1, help="linear probe learning rate")
+    v.add_argument("--epochs", type=int, default=argparse.SUPPRESS, help="training epochs (default: linear 100, finetune 50)")
+    v.add_argument("--lr", type=finite, default=argparse.SUPPRESS, help="peak learning rate, cosine to 0 "
+                   "(default: linear 0.1, finetune 0.05)")
     v.add_argument("--val-fraction", type=finite, default=0.0,
-                   help="hold this share of --train out and report its accuracy too (for tuning)")
-    v.add_argument("--seed", type=int, default=0)
+                   help="linear: hold this share of --train out and report its accuracy too (for tuning)")
+    v.add_argument("--label-fraction", type=finite, default=0.1,
+                   help="finetune: the share of --train's labels used, in (0, 1], per class (at least one image)")
+    v.add_argument("--batch-size", type=int, default=64, help="finetune: batch size")
+    v.add_argument("--min-crop", type=finite, default=0.2, help="finetune: smallest random-resized-crop area")
+    v.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto", help="finetune: bf16 autocast "
+                   "(auto: where the GPU or CPU has native bf16)")
+    v.add_argument("--out", default=None, metavar="RESULT.json", help="also write the result there (atomically)")
+    v.add_argument("--seed", type=int, default=0, help="probe, label subset and fine-tuning seed")
     v.add_argument("--device", default=None)
     v.add_argument("--workers", type=int, default=-1, help="DataLoader workers for images > 96 px")
     v.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images (counted)")
     v.add_argument("--cache-dir", default=None)
+    v.add_argument("--quiet", action="store_true", help="no progress bars")
     v.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("select", help="select a coreset from feature files (.npy)", formatter_class=fmt)

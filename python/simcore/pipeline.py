@@ -8,6 +8,8 @@
     baseline   (--compare-random) on X + a random subset   RUN/baseline/checkpoint.pt
                of the same size
     eval       kNN and linear probe on the test split      RUN/eval/eval.json
+               (and, with --finetune F..., the whole network
+               fine-tuned on a share F of X's labels)
     report     markdown + plots                            RUN/report/report.md, *.png
 
 Retraining runs exactly as many optimizer steps as the X-only pretraining (the paper's
@@ -65,6 +67,9 @@ class RunConfig:
     compare_random: bool = False  # also pretrain on X + a random subset of the coreset's size
     openset_groups: Optional[str] = None  # TSV folder -> group (measuring only, never selecting)
     linear_epochs: int = 100
+    # label fractions in (0, 1] to fine-tune every encoder on (eval stage; none by default)
+    finetune: List[float] = field(default_factory=list)
+    finetune_epochs: int = 50
     feature_dtype: str = "float16"
     device: Optional[str] = None  # extraction, selection, evaluation (default: CUDA if available)
     amp: str = "auto"
@@ -101,6 +106,12 @@ class RunConfig:
         check_int(self.seed, "seed", 0)
         check_int(self.patience, "patience", 1)
         check_int(self.linear_epochs, "linear_epochs", 1)
+        check_int(self.finetune_epochs, "finetune_epochs", 1)
+        for f in self.finetune:
+            if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
+                raise ValueError(f"--finetune label fractions must be in (0, 1], got {f!r}")
+        if self.finetune and self.test is None:
+            raise ValueError("--finetune needs --test: fine-tuning is scored on the test split")
         check_tau(self.tau)
         n_openset = sum(_count(s) for s in self.openset)  # lists every part: an empty one fails here
         if self.budget is not None:
@@ -225,6 +236,25 @@ def _hash(obj) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def fractions(cfg: RunConfig) -> List[float]:
+    """The run's fine-tuning label fractions, once each, in increasing order."""
+    return sorted({float(f) for f in cfg.finetune})
+
+
+def _saved(path: str, key: str) -> Optional[dict]:
+    """The results in a result file written under `key`, or None (missing, damaged, another key)."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except ValueError:  # damaged: computed again
+        return None
+    if isinstance(saved, dict) and saved.get("key") == key and isinstance(saved.get("results"), dict):
+        return saved["results"]
+    return None
+
+
 def _write_json(obj, path: str) -> None:
     from simcore_ext.result import atomic_write
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -315,7 +345,9 @@ class Run:
             "baseline": (dict(train, random_seed=c.seed),  # needs the coreset's size, not its items
                          dict(target=self.fingerprints["target"], openset=self.fingerprints["openset"], items=self.stage_record("select").get("items"),
                               steps=self.stage_record("pretrain").get("steps")), []),
-            "eval": (dict(linear_epochs=c.linear_epochs, seed=c.seed),
+            "eval": (dict(linear_epochs=c.linear_epochs, seed=c.seed,  # no finetune: the keys of before
+                          **(dict(finetune=fractions(c), finetune_epochs=c.finetune_epochs, amp=c.amp)
+                             if c.finetune else {})),
                      dict(test=self.fingerprints.get("test")), ["pretrain", "retrain", "baseline"]),
             # select's stamp covers only the coreset; its key (settings, features, centroids)
             # fixes the rest of what the report shows. Without matplotlib: redone once it is there
@@ -527,42 +559,68 @@ class Run:
         return m
 
     def stage_eval(self) -> dict:
-        """Each encoder's accuracies go to eval/<stage>.json with the key they were computed
-        under (its checkpoint's stamp, the test data, the probe's settings): a re-run
-        evaluates only the encoders that changed, and an interrupted one resumes."""
-        from .evaluate import knn, linear_probe
+        """Each encoder's accuracies go to eval/<stage>.json, and each fine-tuning to
+        eval/<stage>.finetune-<fraction>.json, with the key they were computed under (its
+        checkpoint's stamp, the data, the settings): a re-run computes only what changed or
+        is missing, and an interrupted one resumes after the last finished result."""
+        from .evaluate import finetune, knn, label_subset, linear_probe
         from .extract import FeatureSource, features_of, load_backbone
-        dev = torch.device(self.cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        sets = None
-        results = {}
+        c = self.cfg
+        dev = torch.device(c.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        sets = images = None
+        results, keep = {}, {"eval.json"}
         for label, stage in self.models().items():
-            key = _hash(dict(stamp=self.stage_record(stage)["stamp"], target=self.fingerprints["target"],
-                             test=self.fingerprints["test"], linear_epochs=self.cfg.linear_epochs, seed=self.cfg.seed))
+            common = dict(stamp=self.stage_record(stage)["stamp"], target=self.fingerprints["target"],
+                          test=self.fingerprints["test"], seed=c.seed)
+            key = _hash(dict(common, linear_epochs=c.linear_epochs))
             path = self.path("eval", f"{stage}.json")
-            if os.path.exists(path):
-                try:
-                    with open(path) as f:
-                        saved = json.load(f)
-                except ValueError:  # damaged: evaluated again
-                    saved = None
-                if isinstance(saved, dict) and saved.get("key") == key and isinstance(saved.get("results"), dict):
-                    results[label] = saved["results"]
+            keep.add(f"{stage}.json")
+            results[label] = _saved(path, key)
+            if results[label] is None:
+                if sets is None:
+                    sets = [FeatureSource(x, c.image_size, c.cache_dir, c.skip_bad_images, c.workers, self.progress)
+                            for x in (c.target, c.test)]
+                    if sets[0].classes != sets[1].classes:
+                        raise ValueError(f"target and test have different classes: {sets[0].classes} vs {sets[1].classes}")
+                    ytr, yte = sets[0].labels(), sets[1].labels()
+                backbone, _ = load_backbone(self.path(stage, "checkpoint.pt"), dev)
+                ftr, fte = features_of(backbone, sets[0]), features_of(backbone, sets[1])
+                k = knn(ftr, ytr, fte, yte)
+                lin = linear_probe(ftr, ytr, fte, yte, epochs=c.linear_epochs, seed=c.seed)
+                results[label] = dict(linear=lin["top1"], linear_mean_per_class=lin["mean_per_class"],
+                                      knn20=k[20], knn200=k[200])
+                _write_json(dict(key=key, results=results[label]), path)
+                self.log(f"[eval] {label}: linear {lin['top1']:.1f}%, kNN(20) {k[20]:.1f}%, kNN(200) {k[200]:.1f}%")
+            tuned = {}
+            for f in fractions(c):
+                key = _hash(dict(common, fraction=f, finetune_epochs=c.finetune_epochs, amp=c.amp))
+                name = f"{stage}.finetune-{f:g}.json"
+                keep.add(name)
+                tuned[f"{f:g}"] = _saved(self.path("eval", name), key)
+                if tuned[f"{f:g}"] is not None:
                     continue
-            if sets is None:
-                sets = [FeatureSource(x, self.cfg.image_size, self.cfg.cache_dir, self.cfg.skip_bad_images,
-                                      self.cfg.workers, self.progress) for x in (self.cfg.target, self.cfg.test)]
-                if sets[0].classes != sets[1].classes:
-                    raise ValueError(f"target and test have different classes: {sets[0].classes} vs {sets[1].classes}")
-                ytr, yte = sets[0].labels(), sets[1].labels()
-            backbone, _ = load_backbone(self.path(stage, "checkpoint.pt"), dev)
-            ftr, fte = features_of(backbone, sets[0]), features_of(backbone, sets[1])
-            k = knn(ftr, ytr, fte, yte)
-            lin = linear_probe(ftr, ytr, fte, yte, epochs=self.cfg.linear_epochs, seed=self.cfg.seed)
-            results[label] = dict(linear=lin["top1"], linear_mean_per_class=lin["mean_per_class"],
-                                  knn20=k[20], knn200=k[200])
-            _write_json(dict(key=key, results=results[label]), path)
-            self.log(f"[eval] {label}: linear {lin['top1']:.1f}%, kNN(20) {k[20]:.1f}%, kNN(200) {k[200]:.1f}%")
-        for stale in set(os.listdir(self.path("eval"))) - {f"{s}.json" for s in self.models().values()} - {"eval.json"}:
+                if images is None:
+                    from .data import load_images
+                    images = [load_images(x, c.image_size, cache_dir=c.cache_dir, skip_bad=c.skip_bad_images,
+                                          progress=self.progress) for x in (c.target, c.test)]
+                    if images[0].classes != images[1].classes:
+                        raise ValueError(f"target and test have different classes: {images[0].classes} vs "
+                                         f"{images[1].classes}")
+                rows, raised = label_subset(images[0].labels, f, c.seed)
+                if raised:
+                    self.log(f"[eval] label fraction {f:g} leaves {len(raised)} class(es) with no image: "
+                             f"rounded up to one image each ({len(rows)} images)")
+                backbone, _ = load_backbone(self.path(stage, "checkpoint.pt"), dev)
+                acc = finetune(backbone, images[0].images[rows], images[0].labels[rows], images[1].images,
+                               images[1].labels, epochs=c.finetune_epochs, seed=c.seed, amp=c.amp,
+                               progress=self.progress, desc=f"finetune {label}, {100 * f:g}% of the labels")
+                tuned[f"{f:g}"] = dict(acc, images=len(rows))
+                _write_json(dict(key=key, results=tuned[f"{f:g}"]), self.path("eval", name))
+                self.log(f"[eval] {label}: fine-tuned on {100 * f:g}% of the labels ({len(rows)} images): "
+                         f"top-1 {acc['top1']:.1f}%, mean/class {acc['mean_per_class']:.1f}%")
+            if tuned:
+                results[label] = dict(results[label], finetune=tuned)
+        for stale in set(os.listdir(self.path("eval"))) - keep:
             os.remove(self.path("eval", stale))
         _write_json(results, self.path("eval", "eval.json"))
         return dict(outputs=["eval/eval.json"], results=results)

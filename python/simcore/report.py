@@ -201,6 +201,16 @@ def write_report(run) -> dict:
                       [[name, f"{v['linear']:.1f}", f"{v['linear_mean_per_class']:.1f}", f"{v['knn20']:.1f}",
                         f"{v['knn200']:.1f}"] for name, v in ev.items()])
         out.append("")
+        tuned = [f for f in (next(iter(ev.values())).get("finetune") or {})]
+        if tuned:
+            out += ["### Semi-supervised fine-tuning", "",
+                    f"The whole network (each encoder's backbone and a new linear head) fine-tuned for "
+                    f"{cfg.finetune_epochs} epochs on a class-balanced share of X's labels (seed {cfg.seed}; "
+                    "random-resized crop + flip), final epoch's accuracy on the test split.", ""]
+            out += _table(["pretraining data"] + [f"{100 * float(f):g}% labels: top-1 (mean/class)" for f in tuned],
+                          [[name] + [f"{v['finetune'][f]['top1']:.1f} ({v['finetune'][f]['mean_per_class']:.1f})"
+                                     for f in tuned] for name, v in ev.items()])
+            out.append("")
         if have_plots:
             figures["accuracy"] = plots.accuracy_bars({k: v["linear"] for k, v in ev.items()},
                                                       run.path("report", "accuracy.png"),
