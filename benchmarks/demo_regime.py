@@ -11,7 +11,6 @@ demo scores. Writes benchmarks/results/demo_regime.{json,md}."""
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -21,6 +20,7 @@ import time
 import numpy as np
 import torch
 
+from demo_seeds import target_class_files
 from simcore.demo import DEMO, DEMO_DATA
 from simcore.evaluate import knn, linear_probe
 from simcore.extract import FeatureSource, features_of, load_backbone
@@ -31,10 +31,7 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 def oracle_files(root: str, n: int, seed: int) -> list:
-    with open(os.path.join(root, "openset_classes.tsv")) as f:
-        folders = [r["folder"] for r in csv.DictReader(f, delimiter="\t") if r["group"] == "target-class"]
-    files = sorted(os.path.join(root, "openset", d, x) for d in folders
-                   for x in os.listdir(os.path.join(root, "openset", d)))
+    files = target_class_files(root)
     if n > len(files):
         raise ValueError(f"--extra {n}: the world has {len(files)} target-class images")
     return [files[i] for i in np.random.default_rng(seed).choice(len(files), n, replace=False)]

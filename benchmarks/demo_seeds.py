@@ -29,13 +29,17 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 METRICS = ("linear", "knn20", "knn200")
 
 
+def target_class_files(root: str) -> list:
+    """Every open-set image of a generated world's target classes (root: the world's folder), sorted."""
+    with open(os.path.join(root, "openset_classes.tsv")) as f:
+        folders = [r["folder"] for r in csv.DictReader(f, delimiter="\t") if r["group"] == "target-class"]
+    return sorted(os.path.join(root, "openset", d, x) for d in folders for x in os.listdir(os.path.join(root, "openset", d)))
+
+
 def oracle(run: Run, seed: int) -> dict:
     """X + as many of the open-set's target-class images as the coreset holds."""
     cfg = run.cfg
-    data = os.path.dirname(cfg.openset[0])
-    with open(os.path.join(data, "openset_classes.tsv")) as f:
-        folders = [r["folder"] for r in csv.DictReader(f, delimiter="\t") if r["group"] == "target-class"]
-    files = sorted(os.path.join(cfg.openset[0], d, x) for d in folders for x in os.listdir(os.path.join(cfg.openset[0], d)))
+    files = target_class_files(os.path.dirname(cfg.openset[0]))
     n = run.stage_record("select")["items"]
     if len(files) > n:
         files = [files[i] for i in np.random.default_rng(seed).choice(len(files), n, replace=False)]
