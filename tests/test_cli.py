@@ -117,6 +117,47 @@ def test_methods_and_archs_are_listed_and_wired():
     for argv in (["pretrain", "--data", "d", "--out", "o"], ["run", "--target", "t", "--openset", "u", "--out", "o"]):
         args = build_parser().parse_args(argv + ["--method", "moco", "--queue-size", "64"])
         assert args.queue_size == 64
+        args = build_parser().parse_args(argv + ["--method", "dino", "--local-crops", "4", "--optimizer", "adamw",
+                                                 "--weight-decay", "0.05"])
+        assert (args.local_crops, args.optimizer, args.weight_decay) == (4, "adamw", 0.05)
+
+
+def test_multi_crop_and_mae_from_the_command_line(tmp_path, capsys):
+    """--local-crops and --queue-size reach SwAV, --optimizer adamw reaches MAE's run, and
+    `simcore run` keys the pretraining on a changed optimizer (not on the default one)."""
+    from PIL import Image
+    from simcore.pipeline import Run, RunConfig
+    rng = np.random.default_rng(0)
+    for c in range(2):
+        d = tmp_path / "x" / f"c{c}"
+        d.mkdir(parents=True)
+        for i in range(16):
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    common = ["--data", str(tmp_path / "x"), "--epochs", "1", "--batch-size", "8", "--image-size", "16",
+              "--amp", "off", "--quiet", "--cache-dir", str(tmp_path / "cache")]
+    assert main(["pretrain", "--out", str(tmp_path / "swav"), "--method", "swav", "--arch", "resnet18-w0.25",
+                 "--local-crops", "3", "--queue-size", "8"] + common) == 0
+    cfg = json.load(open(tmp_path / "swav" / "config.json"))
+    assert cfg["method_options"] == {"queue_size": 8, "local_crops": 3}
+    assert main(["pretrain", "--out", str(tmp_path / "mae"), "--method", "mae", "--arch", "vit_tiny",
+                 "--optimizer", "adamw", "--lr", "1e-3", "--weight-decay", "0.05"] + common) == 0
+    cfg = json.load(open(tmp_path / "mae" / "config.json"))
+    assert (cfg["method"], cfg["optimizer"], cfg["weight_decay"]) == ("mae", "adamw", 0.05)
+    capsys.readouterr()
+    assert main(["pretrain", "--out", str(tmp_path / "bad"), "--method", "mae", "--arch", "resnet18"] + common) == 2
+    assert "mae needs a ViT backbone" in capsys.readouterr().err
+    assert main(["pretrain", "--out", str(tmp_path / "bad"), "--method", "byol", "--local-crops", "2"] + common) == 2
+    assert "byol has no option local_crops" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    base = dict(target=str(tmp_path / "x"), openset=[str(tmp_path / "x")], out=str(tmp_path / "run"))
+
+    def spec(**kw):
+        r = Run(RunConfig(**base, **kw), progress=False)
+        r.fingerprints = dict(target="x", openset=["u"])
+        return r._spec("pretrain")["params"]
+    assert "optimizer" not in spec() and "weight_decay" not in spec()  # the keys of runs from before
+    assert spec(optimizer="adamw", weight_decay=0.05)["optimizer"] == "adamw"
+    assert spec(weight_decay=0.05)["weight_decay"] == 0.05
 
 
 def test_pretrain_extract_eval_commands(tmp_path, capsys):

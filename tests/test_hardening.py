@@ -246,7 +246,7 @@ def test_damaged_result_files_are_one_value_error(tmp_path, damage):
     (dict(lr=float("inf")), "lr must be"),
     (dict(method_options=dict(temperature=0.0)), "temperature must be a finite number > 0"),
     (dict(method_options=dict(temperature=float("nan"))), "temperature"),
-    (dict(method="moco", method_options=dict(queue_size=0)), "queue_size must be a positive int"),
+    (dict(method="moco", method_options=dict(queue_size=0)), "queue_size must be an int >= 1"),
     (dict(method_options=dict(queue_size=64)), "simclr has no option queue_size"),
     (dict(seed=2**64), "seed must be an int in"),
 ])

@@ -1,11 +1,18 @@
-"""SimCLR, BYOL, SimSiam and MoCo v2: losses against hand-computed cases, the EMA updates,
-MoCo's queue, and a few optimizer steps lowering the loss on a fixed batch."""
+"""SimCLR, BYOL, SimSiam, MoCo v2, SwAV, DINO and MAE: losses against hand-computed cases,
+the EMA updates, MoCo's and SwAV's queues, DINO's center, MAE's masking, and a few
+optimizer steps lowering the loss on a fixed batch."""
 import math
 
 import pytest
 import torch
 
-from simcore.methods import BYOL, METHODS, MoCo, SimCLR, SimSiam, build_method
+import torch.nn.functional as F
+
+from simcore.methods import BYOL, DINO, MAE, METHODS, MoCo, SimCLR, SimSiam, SwAV, build_method, method_views
+from simcore.methods.dino import dino_loss
+from simcore.methods.mae import mae_loss, patchify, random_masking
+from simcore.methods.multicrop import local_size
+from simcore.methods.swav import sinkhorn
 from simcore.methods.byol import byol_loss
 from simcore.methods.moco import info_nce
 from simcore.methods.simclr import nt_xent
@@ -130,19 +137,35 @@ def test_moco_momentum_update_and_queue_in_state():
     assert int(m.queue_ptr) == 4
 
 
-@pytest.mark.parametrize("name", ["simclr", "byol", "simsiam", "moco"])
+def _views(method, x, image_size=32):
+    """Fixed "views" of the images x for `method`: each of its views' sizes, x resized plus a
+    little noise, then its masking noise if it draws some."""
+    g = torch.Generator().manual_seed(1)
+    views = [F.interpolate(x, size=(a.size, a.size), mode="bilinear", align_corners=False)
+             + 0.1 * torch.randn(x.shape[0], 3, a.size, a.size, generator=g)
+             for a in method_views(method, image_size, 0.08)]
+    if hasattr(method, "noise"):
+        views.append(method.noise(x.shape[0], g, "cpu"))
+    return views
+
+
+@pytest.mark.parametrize("name", ["simclr", "byol", "simsiam", "moco", "swav", "dino", "mae"])
 def test_a_few_steps_lower_the_loss(name):
     torch.manual_seed(0)
-    method = build_method(name, build_backbone("resnet18-w0.25", True))
+    arch = "vit_tiny" if name == "mae" else "resnet18-w0.25"
+    method = build_method(name, build_backbone(arch, True, 32))
     opt = torch.optim.SGD(method.parameters(), lr=0.05, momentum=0.9)
-    x1, x2 = torch.randn(16, 3, 32, 32), torch.randn(16, 3, 32, 32)
-    x2 = x1 + 0.1 * x2  # two "views" of the same images
+    views = _views(method, torch.randn(16, 3, 32, 32))
     # MoCo: on a fixed batch the images' own keys would enter the queue as negatives of
     # themselves (the loss then rises); held fixed, the negatives are the initial queue
     queue = method.queue.clone() if name == "moco" else None
+    # DINO: its target moves as the center learns the teacher's mean output (the loss rises
+    # toward log K while the center removes the untrained network's common output); held at
+    # its first value, the student's loss against the teacher falls
+    center = method.center.clone() if name == "dino" else None
     losses = []
     for step in range(8):
-        loss = method(x1, x2)
+        loss = method(*views)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -150,14 +173,189 @@ def test_a_few_steps_lower_the_loss(name):
         losses.append(loss.item())
         if queue is not None:
             method.queue.copy_(queue)
+        if center is not None:
+            method.center.copy_(center)
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < losses[0]
 
 
+def test_sinkhorn_by_hand():
+    # scores [[1, 0], [0, 1]], epsilon 1, one iteration: Q = exp(scores) stays symmetric, so
+    # every scaling is by a constant and each sample's codes are (e, 1) / (e + 1)
+    e = math.e
+    want = torch.tensor([[e, 1.0], [1.0, e]]) / (e + 1)
+    torch.testing.assert_close(sinkhorn(torch.eye(2), 1.0, 1), want)
+    # every sample prefers prototype 0: the iterations share the batch out equally
+    scores = torch.tensor([[0.9, 0.1, 0.0], [0.8, 0.3, 0.1], [0.7, 0.0, 0.2], [0.95, 0.2, 0.4]],
+                          dtype=torch.float64)
+    q = sinkhorn(scores, 0.05, 200)
+    torch.testing.assert_close(q.sum(1), torch.ones(4, dtype=torch.float64))  # codes: distributions
+    torch.testing.assert_close(q.sum(0), torch.full((3,), 4 / 3, dtype=torch.float64), rtol=1e-6, atol=1e-6)
+    assert q[:, 0].sum() < 2  # not every sample on prototype 0 any more
+
+
+def _swav_loss_by_hand(scores, codes_of, temperature):
+    """scores [crops, B, K]; codes_of(i) the codes of global crop i: mean over the two of the
+    mean over the other crops of -sum q log softmax(scores_v / t), averaged over the batch."""
+    crops, b, _ = scores.shape
+    total = 0.0
+    for i in range(2):
+        q = codes_of(i)
+        sub = 0.0
+        for v in range(crops):
+            if v == i:
+                continue
+            for n in range(b):
+                logits = [float(x) / temperature for x in scores[v, n]]
+                lse = math.log(sum(math.exp(x) for x in logits))
+                sub += -sum(float(q[n, k]) * (logits[k] - lse) for k in range(len(logits))) / b
+        total += sub / (crops - 1)
+    return total / 2
+
+
+def test_swav_loss_by_hand_and_queue():
+    torch.manual_seed(0)
+    m = SwAV(build_backbone("resnet18-w0.25", True), proj_dim=4, prototypes=3, queue_size=0).double()
+    g = torch.Generator().manual_seed(0)
+    scores = torch.rand(4, 2, 3, generator=g, dtype=torch.float64)  # 4 crops, batch 2, 3 prototypes
+    z = F.normalize(torch.randn(4, 2, 4, generator=g, dtype=torch.float64), dim=2)
+    want = _swav_loss_by_hand(scores, lambda i: sinkhorn(scores[i], 0.05, 3), 0.1)
+    assert m._loss(scores, z).item() == pytest.approx(want, rel=1e-9)
+
+    # a queue of 3 rows: the newest projections first; used by Sinkhorn only once full
+    m = SwAV(build_backbone("resnet18-w0.25", True), proj_dim=4, prototypes=3, queue_size=3).double()
+    assert m.queue.shape == (2, 3, 4) and int(m.queued) == 0
+    m._loss(scores, z)  # not full yet: the same loss as without a queue
+    torch.testing.assert_close(m.queue[:, :2], z[:2])
+    assert int(m.queued) == 2
+    z2 = F.normalize(torch.randn(4, 2, 4, generator=g, dtype=torch.float64), dim=2)
+    first = m._loss(scores, z2)  # 2 queued < 3: still without the queue
+    assert first.item() == pytest.approx(want, rel=1e-9)
+    torch.testing.assert_close(m.queue, torch.cat([z2[:2], z[:2, :1]], 1))  # newest first, oldest dropped
+    queued = m.queue.clone()
+    protos = m.prototypes.weight.detach()
+
+    def with_queue(i):  # Sinkhorn over the queue's scores and the batch's; the batch's rows
+        s = torch.cat([queued[i] @ protos.T, scores[i]])
+        return sinkhorn(s, 0.05, 3)[-2:]
+    assert m._loss(scores, z).item() == pytest.approx(_swav_loss_by_hand(scores, with_queue, 0.1), rel=1e-9)
+    assert _swav_loss_by_hand(scores, with_queue, 0.1) != pytest.approx(want, rel=1e-6)  # the queue mattered
+
+
+def test_swav_prototypes_stay_normalised_and_views():
+    m = SwAV(build_backbone("resnet18-w0.25", True))
+    torch.testing.assert_close(m.prototypes.weight.norm(dim=1), torch.ones(512))
+    with torch.no_grad():
+        m.prototypes.weight.mul_(3)
+    m.after_step(0.5)
+    torch.testing.assert_close(m.prototypes.weight.norm(dim=1), torch.ones(512))
+    views = m.views(32, 0.08)
+    assert [(a.size, a.scale) for a in views] == [(32, (0.14, 1.0))] * 2 + [(12, (0.08, 0.14))] * 6
+    assert [local_size(s) for s in (16, 32, 64, 224)] == [8, 12, 24, 96]  # multiples of the ViT patch
+    with pytest.raises(ValueError, match="min-crop"):
+        m.views(32, 0.2)
+
+
+def test_dino_loss_by_hand():
+    student = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]], [[0.5, 0.5]]])  # 3 crops, batch 1, K = 2
+    teacher = torch.tensor([[[2.0, 0.0]], [[0.0, 1.0]]])
+    center = torch.tensor([0.5, 0.0])
+    ts, tt = 0.5, 0.25
+
+    def softmax(v):
+        e = [math.exp(x) for x in v]
+        return [x / sum(e) for x in e]
+    total, terms = 0.0, 0
+    for i in range(2):
+        q = softmax([(float(teacher[i, 0, k]) - float(center[k])) / tt for k in range(2)])
+        for v in range(3):
+            if v != i:
+                p = softmax([float(student[v, 0, k]) / ts for k in range(2)])
+                total += -sum(q[k] * math.log(p[k]) for k in range(2))
+                terms += 1
+    assert dino_loss(student, teacher, center, ts, tt).item() == pytest.approx(total / terms, rel=1e-6)
+
+
+def test_dino_center_teacher_and_head():
+    torch.manual_seed(0)
+    m = DINO(build_backbone("resnet18-w0.25", True), out_dim=16, base_momentum=0.9, local_crops=2)
+    assert m.momentum(0.0) == pytest.approx(0.9) and m.momentum(1.0) == pytest.approx(1.0)
+    views = _views(m, torch.randn(4, 3, 32, 32))
+    assert [v.shape[-1] for v in views] == [32, 32, 12, 12]
+    with torch.no_grad():
+        want = m.teacher_head(m.teacher_backbone(torch.cat(views[:2]))).mean(0)
+    m(*views)
+    torch.testing.assert_close(m.center, 0.1 * want)  # EMA 0.9 from zero
+    assert "center" in m.state_dict()
+    with torch.no_grad():  # the last layer's rows have norm 1: outputs are cosines
+        out = m.head(torch.randn(5, m.backbone.feature_dim))
+    assert out.abs().max() <= 1 + 1e-6
+    with torch.no_grad():
+        for p in m.backbone.parameters():
+            p.add_(1.0)
+    before = [t.clone() for t in m.teacher_backbone.parameters()]
+    m.after_step(0.0)
+    for t, b, o in zip(m.teacher_backbone.parameters(), before, m.backbone.parameters()):
+        torch.testing.assert_close(t, 0.9 * b + 0.1 * o)
+    assert not any(p.requires_grad for p in m.teacher_head.parameters())
+
+
+def test_patchify_and_masking_by_hand():
+    x3 = torch.arange(3 * 4 * 4, dtype=torch.float32).view(1, 3, 4, 4)  # 2 x 2 patches of 2 px
+    p = patchify(x3, 2)
+    assert p.shape == (1, 4, 12)
+    # patch 1 = rows 0-1, columns 2-3; pixels row by row, the 3 channels of each pixel together
+    want = [x3[0, c, r, col].item() for r in (0, 1) for col in (2, 3) for c in range(3)]
+    assert p[0, 1].tolist() == want
+    keep, mask = random_masking(torch.tensor([[0.3, 0.1, 0.9, 0.5]]), 2)
+    assert keep.tolist() == [[1, 0]] and mask.tolist() == [[0.0, 0.0, 1.0, 1.0]]
+
+
+def test_mae_loss_by_hand():
+    pred = torch.tensor([[[1.0, 2.0], [0.0, 0.0], [3.0, 1.0]]])
+    target = torch.tensor([[[1.0, 3.0], [5.0, 5.0], [2.0, 4.0]]])
+    mask = torch.tensor([[1.0, 0.0, 1.0]])  # patches 0 and 2 were dropped
+    # raw: patch 0 ((0 + 1) / 2), patch 2 ((1 + 9) / 2)
+    assert mae_loss(pred, target, mask, norm_pix=False).item() == pytest.approx((0.5 + 5.0) / 2)
+    # normalised: (1, 3) -> (-1, 1) / sqrt(2 + 1e-6); (2, 4) likewise (unbiased variance 2)
+    s = 1 / math.sqrt(2 + 1e-6)
+    want = (((1 + s) ** 2 + (2 - s) ** 2) / 2 + ((3 + s) ** 2 + (1 - s) ** 2) / 2) / 2
+    assert mae_loss(pred, target, mask).item() == pytest.approx(want, rel=1e-6)
+
+
+def test_mae_encoder_sees_only_the_visible_patches():
+    torch.manual_seed(0)
+    m = MAE(build_backbone("vit_tiny", True, 32)).eval()
+    assert m.patches == 64 and m.keep == 16
+    x = torch.randn(2, 3, 32, 32)
+    noise = m.noise(2, torch.Generator().manual_seed(0), "cpu")
+    keep, mask = random_masking(noise, m.keep)
+    y = x.clone()  # every dropped patch's pixels changed
+    for n in range(2):
+        for j in torch.nonzero(mask[n]).flatten().tolist():
+            r, c = divmod(j, 8)
+            y[n, :, 4 * r:4 * r + 4, 4 * c:4 * c + 4] = torch.randn(3, 4, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(m.encode_visible(x, keep), m.encode_visible(y, keep))
+        assert not torch.allclose(m(x, noise), m(y, noise))  # the targets changed
+    with pytest.raises(ValueError, match="ViT backbone"):
+        MAE(build_backbone("resnet18-w0.25", True))
+    with pytest.raises(ValueError, match="noise"):
+        m(x, noise[:, :10])
+
+
 def test_registry_errors():
-    assert sorted(METHODS) == ["byol", "moco", "simclr", "simsiam"]
-    with pytest.raises(ValueError, match="unknown method 'swav'.*byol, moco, simclr, simsiam"):
-        build_method("swav", build_backbone("resnet18-w0.25", True))
+    assert sorted(METHODS) == ["byol", "dino", "mae", "moco", "simclr", "simsiam", "swav"]
+    with pytest.raises(ValueError, match="unknown method 'ibot'.*byol, dino, mae, moco, simclr, simsiam, swav"):
+        build_method("ibot", build_backbone("resnet18-w0.25", True))
+    for bad in (dict(prototypes=0), dict(queue_size=-1), dict(local_crops=-1), dict(epsilon=0)):
+        with pytest.raises(ValueError):
+            SwAV(build_backbone("resnet18-w0.25", True), **bad)
+    for bad in (dict(teacher_temp=0), dict(center_momentum=2), dict(local_crops=1.5)):
+        with pytest.raises(ValueError):
+            DINO(build_backbone("resnet18-w0.25", True), **bad)
+    with pytest.raises(ValueError, match="mask_ratio"):
+        MAE(build_backbone("vit_tiny", True, 32), mask_ratio=1.0)
     with pytest.raises(ValueError, match="temperature"):
         SimCLR(build_backbone("resnet18-w0.25", True), temperature=0)
     with pytest.raises(ValueError, match="temperature"):

@@ -35,12 +35,20 @@ def config(folder, out, **kw):
     return TrainConfig(**base)
 
 
-@pytest.mark.parametrize("method,arch", [(m, "resnet18-w0.25") for m in ("simclr", "byol", "simsiam", "moco")] +
-                         [("simclr", "vit_tiny"), ("moco", "efficientnet_b0-w0.25")])
-def test_resume_repeats_the_uninterrupted_run(folder, tmp_path, monkeypatch, method, arch):
+RESUMED = ([(m, "resnet18-w0.25", {}) for m in ("simclr", "byol", "simsiam", "moco", "swav", "dino")] +
+           [("simclr", "vit_tiny", {}), ("moco", "efficientnet_b0-w0.25", {}),
+            ("swav", "resnet18-w0.25", dict(queue_size=16, local_crops=2)),
+            ("dino", "vit_tiny", dict(local_crops=2)), ("mae", "vit_tiny", dict(optimizer="adamw"))])
+
+
+@pytest.mark.parametrize("method,arch,kw", RESUMED)
+def test_resume_repeats_the_uninterrupted_run(folder, tmp_path, monkeypatch, method, arch, kw):
     """Everything a step depends on is in the checkpoint: weights, optimizer, and method
-    state such as BYOL's target network and MoCo's key encoder and queue."""
-    full = pretrain(config(folder, tmp_path / "a", method=method, arch=arch), progress=False)
+    state such as BYOL's target network, MoCo's key encoder and queue, SwAV's queue, DINO's
+    teacher and center; MAE's masks are drawn from the step's generator."""
+    options = dict(kw)
+    run = dict(method=method, arch=arch, optimizer=options.pop("optimizer", "sgd"), method_options=options)
+    full = pretrain(config(folder, tmp_path / "a", **run), progress=False)
     real_save = train_mod.save_checkpoint
 
     def save_then_die(path, **state):
@@ -50,15 +58,17 @@ def test_resume_repeats_the_uninterrupted_run(folder, tmp_path, monkeypatch, met
 
     monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        pretrain(config(folder, tmp_path / "b", method=method, arch=arch), progress=False)
+        pretrain(config(folder, tmp_path / "b", **run), progress=False)
     monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
-    rest = pretrain(config(folder, tmp_path / "b", method=method, arch=arch), resume=True, progress=False)
+    rest = pretrain(config(folder, tmp_path / "b", **run), resume=True, progress=False)
     assert rest == full[2:]
     a = load_checkpoint(str(tmp_path / "a" / "checkpoint.pt"))["model"]
     b = load_checkpoint(str(tmp_path / "b" / "checkpoint.pt"))["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     if method == "moco":  # 9 steps of 16 keys enqueued
         assert int(a["queue_ptr"]) == 9 * 16 and a["queue"].shape == (4096, 128)
+    if method == "swav" and options:  # full after the first step: Sinkhorn used it from the second on
+        assert int(a["queued"]) == 9 * 16 and a["queue"].shape == (2, 16, 128)
     with open(tmp_path / "b" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
@@ -90,7 +100,7 @@ def test_refusals(folder, tmp_path):
         config(folder, tmp_path / "z", arch="vgg").check()
 
 
-def _ddp_worker(rank, world, port, folder, out, method, q, arch="resnet18-w0.25"):
+def _ddp_worker(rank, world, port, folder, out, method, q, arch="resnet18-w0.25", options=None):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
                       RANK=str(rank), LOCAL_RANK=str(rank))
     import torch.distributed as dist
@@ -98,7 +108,8 @@ def _ddp_worker(rank, world, port, folder, out, method, q, arch="resnet18-w0.25"
     torch.set_num_threads(1)
     torch.set_default_dtype(torch.float64)  # see test_ddp_matches_one_process
     try:
-        losses = pretrain(config(folder, out, epochs=1, method=method, arch=arch), progress=False)
+        losses = pretrain(config(folder, out, epochs=1, method=method, arch=arch, method_options=options or {}),
+                          progress=False)
         q.put((rank, losses))
     except Exception as e:  # noqa: BLE001
         q.put((rank, repr(e)))
@@ -106,12 +117,13 @@ def _ddp_worker(rank, world, port, folder, out, method, q, arch="resnet18-w0.25"
         dist.destroy_process_group()
 
 
-def _run_ddp(folder, tmp_path, method, arch="resnet18-w0.25"):
+def _run_ddp(folder, tmp_path, method, arch="resnet18-w0.25", options=None):
     """(single-process losses, [(rank, losses)], single weights, DDP weights)."""
     import torch.multiprocessing as mp
     torch.set_default_dtype(torch.float64)
     try:
-        single = pretrain(config(folder, tmp_path / "one", epochs=1, method=method, arch=arch), progress=False)
+        single = pretrain(config(folder, tmp_path / "one", epochs=1, method=method, arch=arch,
+                                 method_options=options or {}), progress=False)
     finally:
         torch.set_default_dtype(torch.float32)
     with socket.socket() as s:
@@ -119,7 +131,7 @@ def _run_ddp(folder, tmp_path, method, arch="resnet18-w0.25"):
         port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, folder, str(tmp_path / "two"), method, q, arch),
+    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, folder, str(tmp_path / "two"), method, q, arch, options),
                          daemon=True) for r in range(2)]
     for p in procs:
         p.start()
@@ -137,9 +149,11 @@ def _run_ddp(folder, tmp_path, method, arch="resnet18-w0.25"):
     return single, got, a, b
 
 
-@pytest.mark.parametrize("method,arch", [(m, "resnet18-w0.25") for m in ("simclr", "byol", "simsiam", "moco")] +
-                         [("simclr", "vit_tiny"), ("byol", "efficientnet_b0-w0.25")])
-def test_ddp_matches_one_process(folder, tmp_path, method, arch):
+@pytest.mark.parametrize("method,arch,options", [(m, "resnet18-w0.25", None) for m in ("simclr", "byol", "simsiam", "moco")] +
+                         [("simclr", "vit_tiny", None), ("byol", "efficientnet_b0-w0.25", None),
+                          ("swav", "resnet18-w0.25", dict(queue_size=16, local_crops=2)),
+                          ("dino", "resnet18-w0.25", dict(local_crops=2)), ("mae", "vit_tiny", None)])
+def test_ddp_matches_one_process(folder, tmp_path, method, arch, options):
     """Same global batch, augmentations, BatchNorm statistics and negatives: a 2-process run
     equals one process up to summation order. Both run in float64 (models, views, losses and
     BatchNorm statistics follow the default dtype): in float32 a last-bit difference grows to
@@ -149,8 +163,10 @@ def test_ddp_matches_one_process(folder, tmp_path, method, arch):
     statistics, local negatives) moves the weights by > 1e-5. The tolerances sit between.
     MoCo's queue is in the compared state: every rank's keys are gathered before enqueueing.
     ViT-Ti (no BatchNorm in the backbone, only in the heads) and EfficientNet-B0 (stochastic
-    depth off: it would draw per rank) too."""
-    single, got, a, b = _run_ddp(folder, tmp_path, method, arch)
+    depth off: it would draw per rank) too. SwAV (its codes from the gathered global batch,
+    the queue in use from the second step), DINO (its center from the gathered teacher
+    outputs) and MAE (masks drawn for the global batch and sliced like the views)."""
+    single, got, a, b = _run_ddp(folder, tmp_path, method, arch, options)
     assert got[0][1] == got[1][1]  # every rank reports the same
     np.testing.assert_allclose(got[0][1], single, rtol=1e-12)
     assert a.keys() == b.keys()
@@ -226,7 +242,16 @@ def test_method_options_are_checked_up_front(folder, tmp_path):
     with pytest.raises(ValueError, match="byol has no option temperature"):
         config(folder, tmp_path / "m", method="byol", method_options={"temperature": 0.2}).check()
     with pytest.raises(ValueError, match="unknown method"):
-        config(folder, tmp_path / "m", method="dino").check()
+        config(folder, tmp_path / "m", method="ibot").check()
+    with pytest.raises(ValueError, match="mae needs a ViT"):
+        config(folder, tmp_path / "m", method="mae").check()
+    with pytest.raises(ValueError, match="local_crops must be an int >= 0"):
+        config(folder, tmp_path / "m", method="dino", method_options={"local_crops": -2}).check()
+    with pytest.raises(ValueError, match="optimizer must be sgd, lars or adamw"):
+        config(folder, tmp_path / "m", optimizer="adam").check()
+    with pytest.raises(ValueError, match="min-crop"):  # from the method, before any work
+        pretrain(config(folder, tmp_path / "m", method="swav", min_crop=0.5), progress=False)
+    assert not (tmp_path / "m").exists()
 
 
 def test_skip_bad_large_images_catches_truncated_files(large_folder, tmp_path):
@@ -267,3 +292,38 @@ def test_moco_warns_when_its_queue_outgrows_the_data(folder, tmp_path, capsys):
     pretrain(config(folder, tmp_path / "b", method="moco", epochs=1, warmup_epochs=0,
                     method_options=dict(queue_size=32)), progress=False)
     assert "queue holds" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("method,arch,kw", [("dino", "resnet18-w0.25", dict(local_crops=2)),
+                                            ("mae", "vit_tiny", {})])
+def test_large_images_take_every_view_and_the_noise(large_folder, tmp_path, monkeypatch, method, arch, kw):
+    """Above 96 px the workers draw each view of a multi-crop method (global at the training
+    size, local at 3/7 of it) and the trainer MAE's masking noise; resume stays exact."""
+    seen = []
+    real = train_mod.build
+
+    def spy(cfg, device):
+        m = real(cfg, device)
+        inner = m.forward
+        m.forward = lambda *inputs: seen.append([tuple(x.shape) for x in inputs]) or inner(*inputs)
+        return m
+
+    monkeypatch.setattr(train_mod, "build", spy)
+    run = dict(image_size=112, batch_size=8, epochs=2, workers=0, method=method, arch=arch, method_options=kw)
+    full = pretrain(config(large_folder, tmp_path / "a", **run), progress=False)
+    if method == "dino":
+        assert seen[0] == [(8, 3, 112, 112)] * 2 + [(8, 3, 48, 48)] * 2
+    else:
+        assert seen[0] == [(8, 3, 112, 112), (8, 196)]  # 8 px patches at 112 px: 14 x 14
+    real_save = train_mod.save_checkpoint
+
+    def save_then_die(path, **state):
+        real_save(path, **state)
+        if state["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(config(large_folder, tmp_path / "b", **run), progress=False)
+    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+    assert pretrain(config(large_folder, tmp_path / "b", **run), resume=True, progress=False) == full[1:]

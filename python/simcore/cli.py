@@ -21,8 +21,21 @@ import numpy as np
 
 # simcore.methods.METHODS by name (listed here so that --help does not import torch;
 # tests/test_cli.py checks the two agree)
-METHOD_NAMES = ["simclr", "byol", "simsiam", "moco"]
-METHOD_HELP = "SSL method: simclr, byol, simsiam, moco (MoCo v2)"
+METHOD_NAMES = ["simclr", "byol", "simsiam", "moco", "swav", "dino", "mae"]
+METHOD_HELP = ("SSL method: simclr, byol, simsiam, moco (MoCo v2), swav, dino (multi-crop), mae (ViTs only; "
+               "the paper trains it with --optimizer adamw)")
+TEMPERATURE_HELP = ("the method's temperature: SimCLR (default 0.5), MoCo (0.2), SwAV (0.1), "
+                    "DINO's student (0.1)")
+QUEUE_HELP = ("MoCo: negatives kept in its queue (default 4096; keep it below the number of training images); "
+              "SwAV: projections queued for Sinkhorn (default 0: none)")
+LOCAL_CROPS_HELP = "SwAV and DINO: small crops per image besides the two global ones (default 6 and 8)"
+OPTIMIZER_HELP = "sgd, lars, or adamw (MAE, DINO on ViTs: pass --lr, e.g. 1.5e-4 x batch / 256, and --weight-decay 0.05)"
+
+
+def method_options(args) -> dict:
+    """The --temperature, --queue-size and --local-crops given (the method's defaults otherwise)."""
+    given = dict(temperature=args.temperature, queue_size=args.queue_size, local_crops=args.local_crops)
+    return {k: v for k, v in given.items() if v is not None}
 # simcore.models.ARCH_NAMES, likewise (tests/test_cli.py checks the two agree)
 ARCH_NAMES = ["resnet18", "resnet50", "resnet101", "resnext50_32x4d", "efficientnet_b0", "vit_tiny", "vit_small",
               "vit_base"]
@@ -105,11 +118,7 @@ def _load_npy(path: str, flag: str, **kw) -> np.ndarray:
 def cmd_pretrain(args) -> int:
     from .train import TrainConfig, pretrain
 
-    options = {}
-    if args.temperature is not None:
-        options["temperature"] = args.temperature
-    if args.queue_size is not None:
-        options["queue_size"] = args.queue_size
+    options = method_options(args)
     cfg = TrainConfig(data=args.data, out=args.out, method=args.method, arch=args.arch,
                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       weight_decay=args.weight_decay, optimizer=args.optimizer,
@@ -240,15 +249,12 @@ def cmd_demo(args) -> int:
 def cmd_run(args) -> int:
     from .pipeline import RunConfig, run
 
-    options = {}
-    if args.temperature is not None:
-        options["temperature"] = args.temperature
-    if args.queue_size is not None:
-        options["queue_size"] = args.queue_size
+    options = method_options(args)
     cfg = RunConfig(target=args.target, openset=args.openset, out=args.out, test=args.test,
                     budget=args.budget, k=args.k, tau=args.tau, patience=args.patience,
                     method=args.method, arch=args.arch, epochs=args.epochs, batch_size=args.batch_size,
                     lr=args.lr, warmup_epochs=min(args.warmup_epochs, args.epochs),
+                    optimizer=args.optimizer, weight_decay=args.weight_decay,
                     image_size=args.image_size, seed=args.seed, compare_random=args.compare_random,
                     openset_groups=args.openset_groups, linear_epochs=args.linear_epochs,
                     finetune=args.finetune, finetune_epochs=args.finetune_epochs,
@@ -302,9 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=int, default=256)
     r.add_argument("--lr", type=finite, default=None, help="peak learning rate (default 0.06 x batch / 256)")
     r.add_argument("--warmup-epochs", type=int, default=10)
-    r.add_argument("--temperature", type=finite, default=None, help="SimCLR (default 0.5) or MoCo (0.2) temperature")
-    r.add_argument("--queue-size", type=int, default=None, help="MoCo: negatives kept in its queue "
-                   "(default 4096; keep it below the number of training images)")
+    r.add_argument("--optimizer", choices=["sgd", "lars", "adamw"], default="sgd", help=OPTIMIZER_HELP)
+    r.add_argument("--weight-decay", type=finite, default=5e-4)
+    r.add_argument("--temperature", type=finite, default=None, help=TEMPERATURE_HELP)
+    r.add_argument("--queue-size", type=int, default=None, help=QUEUE_HELP)
+    r.add_argument("--local-crops", type=int, default=None, help=LOCAL_CROPS_HELP)
     r.add_argument("--image-size", type=int, default=32)
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--compare-random", action="store_true",
@@ -347,16 +355,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=256, help="global batch (all ranks)")
     t.add_argument("--lr", type=finite, default=None, help="peak learning rate (default 0.06 x batch / 256)")
     t.add_argument("--weight-decay", type=finite, default=5e-4)
-    t.add_argument("--optimizer", choices=["sgd", "lars"], default="sgd")
+    t.add_argument("--optimizer", choices=["sgd", "lars", "adamw"], default="sgd", help=OPTIMIZER_HELP)
     t.add_argument("--warmup-epochs", type=int, default=10)
     t.add_argument("--image-size", type=int, default=32,
                    help="training resolution; up to 96 px the images live decoded on the device")
     t.add_argument("--workers", type=int, default=-1, help="DataLoader workers for images > 96 px "
                    "(-1: this machine's cores per rank, minus one, at most 8)")
     t.add_argument("--min-crop", type=finite, default=0.08, help="smallest random-resized-crop area")
-    t.add_argument("--temperature", type=finite, default=None, help="SimCLR (default 0.5) or MoCo (0.2) temperature")
-    t.add_argument("--queue-size", type=int, default=None, help="MoCo: negatives kept in its queue "
-                   "(default 4096; keep it below the number of training images)")
+    t.add_argument("--temperature", type=finite, default=None, help=TEMPERATURE_HELP)
+    t.add_argument("--queue-size", type=int, default=None, help=QUEUE_HELP)
+    t.add_argument("--local-crops", type=int, default=None, help=LOCAL_CROPS_HELP)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
                    help="bf16 autocast: auto = where the GPU or CPU has native bf16")

@@ -13,7 +13,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from .augment import MEAN, STD
+from .augment import MEAN, STD, Augment
 from .data import TORCHVISION, DatasetUnavailable, default_cache_dir, list_items, parse_spec
 
 log = logging.getLogger("simcore")
@@ -52,6 +52,7 @@ class ImageFiles(Dataset):
             raise ValueError(f"{spec}: no readable images")
 
     def with_transform(self, transform, views: int = 1) -> "ImageFiles":
+        """`transform` may be a list: one view per transform, in order (multi-crop)."""
         self.transform, self.views = transform, views
         return self
 
@@ -71,6 +72,8 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, i: int):
         x = v2.functional.to_image(self._open(i).convert("RGB"))
+        if isinstance(self.transform, (list, tuple)):
+            return tuple(t(x) for t in self.transform)
         if self.views == 1:
             return self.transform(x)
         return tuple(self.transform(x) for _ in range(self.views))
@@ -98,13 +101,18 @@ def _readable(path: str) -> bool:
 
 def train_transform(size: int, min_crop: float = 0.08):
     """SimCLR's augmentation on one uint8 image tensor."""
+    return view_transform(Augment(size, scale=(min_crop, 1.0)))
+
+
+def view_transform(aug: Augment):
+    """The augmentation `aug` (augment.py's batched one) with torchvision's transforms."""
     return v2.Compose([
-        v2.RandomResizedCrop(size, scale=(min_crop, 1.0), antialias=True),
-        v2.RandomHorizontalFlip(),
-        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-        v2.RandomGrayscale(p=0.2),
+        v2.RandomResizedCrop(aug.size, scale=aug.scale, ratio=aug.ratio, antialias=True),
+        v2.RandomHorizontalFlip(aug.flip_p),
+        v2.RandomApply([v2.ColorJitter(aug.brightness, aug.contrast, aug.saturation, aug.hue)], p=aug.jitter_p),
+        v2.RandomGrayscale(p=aug.gray_p),
         v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(MEAN, STD),
+        v2.Normalize(aug.mean, aug.std),
     ])
 
 

@@ -62,6 +62,8 @@ class RunConfig:
     batch_size: int = 256
     lr: Optional[float] = None
     warmup_epochs: int = 10
+    optimizer: str = "sgd"  # or "lars", "adamw"
+    weight_decay: float = 5e-4
     image_size: int = 32
     seed: int = 0
     compare_random: bool = False  # also pretrain on X + a random subset of the coreset's size
@@ -87,6 +89,7 @@ class RunConfig:
         from .train import TrainConfig
         return TrainConfig(data=data, out=out, method=self.method, arch=self.arch, epochs=self.epochs,
                            steps=steps, warmup_steps=warmup_steps, batch_size=self.batch_size, lr=self.lr,
+                           optimizer=self.optimizer, weight_decay=self.weight_decay,
                            warmup_epochs=min(self.warmup_epochs, self.epochs), image_size=self.image_size,
                            seed=self.seed, amp=self.amp, workers=self.workers, cache_dir=self.cache_dir,
                            skip_bad_images=self.skip_bad_images, method_options=dict(self.method_options))
@@ -330,7 +333,10 @@ class Run:
         c = self.cfg
         train = dict(method=c.method, arch=c.arch, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
                      warmup_epochs=c.warmup_epochs, image_size=c.image_size, seed=c.seed, amp=c.amp,
-                     method_options=c.method_options, skip_bad_images=c.skip_bad_images)
+                     method_options=c.method_options, skip_bad_images=c.skip_bad_images,
+                     # keyed only when changed: runs from before these options keep their keys
+                     **({"optimizer": c.optimizer} if c.optimizer != "sgd" else {}),
+                     **({"weight_decay": c.weight_decay} if c.weight_decay != 5e-4 else {}))
         specs = {
             "pretrain": (train, dict(target=self.fingerprints["target"]), []),
             # a foreign encoder keys on its weights' hash; the X encoder on the pretrain stage

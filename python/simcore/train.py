@@ -1,7 +1,7 @@
 """Self-supervised pretraining: the small-image fast path (uint8 images resident on the
 training device, whole batches augmented with tensor operations; images up to 96 px) or
 DataLoader workers with torchvision.transforms.v2 (larger images), DDP under torchrun,
-bf16 autocast, warm-up + cosine learning rate, SGD (or LARS), per-epoch atomic checkpoints
+bf16 autocast, warm-up + cosine learning rate, SGD (or LARS, AdamW), per-epoch atomic checkpoints
 and exact resume.
 
 Every random draw derives from (seed, epoch, step): the data order from a generator seeded
@@ -25,12 +25,12 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from .augment import Augment, augment
+from .augment import augment
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import load_images
-from .large_images import ImageFiles, default_workers, loader, train_transform
+from .large_images import ImageFiles, default_workers, loader, view_transform
 from .global_bn import convert_batchnorm
-from .methods import build_method
+from .methods import VIT_ONLY, build_method, method_views
 from .models import build_backbone, parse_arch
 from .optim import LARS, lr_at
 
@@ -51,7 +51,7 @@ class TrainConfig:
     base_lr: float = 0.06
     weight_decay: float = 5e-4
     momentum: float = 0.9
-    optimizer: str = "sgd"  # or "lars"
+    optimizer: str = "sgd"  # or "lars", "adamw"
     warmup_epochs: int = 10
     warmup_steps: Optional[int] = None  # overrides warmup_epochs (runs of a fixed step count)
     image_size: int = 32
@@ -74,6 +74,9 @@ class TrainConfig:
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
                 raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
         parse_arch(self.arch, self.image_size)  # a ViT's patch must divide the images
+        if self.method in VIT_ONLY and not parse_arch(self.arch)[0].startswith("vit_"):
+            raise ValueError(f"{self.method} needs a ViT backbone (--arch vit_tiny, vit_small or vit_base), "
+                             f"got {self.arch!r}")
         if self.image_size > 1024:
             raise ValueError(f"image_size must be at most 1024, got {self.image_size}")
         from .methods import METHODS
@@ -87,8 +90,8 @@ class TrainConfig:
                              f"{', '.join(sorted(accepted))})")
         if not 0 < self.min_crop <= 1:
             raise ValueError(f"min_crop must be in (0, 1], got {self.min_crop}")
-        if self.optimizer not in ("sgd", "lars"):
-            raise ValueError(f"optimizer must be sgd or lars, got {self.optimizer!r}")
+        if self.optimizer not in ("sgd", "lars", "adamw"):
+            raise ValueError(f"optimizer must be sgd, lars or adamw, got {self.optimizer!r}")
         if self.amp not in ("auto", "bf16", "off"):
             raise ValueError(f"amp must be auto, bf16 or off, got {self.amp!r}")
         if self.steps is not None and not (isinstance(self.steps, int) and self.steps >= 1):
@@ -108,8 +111,12 @@ class TrainConfig:
         if t is not None and (isinstance(t, bool) or not isinstance(t, numbers.Real) or not math.isfinite(t) or t <= 0):
             raise ValueError(f"temperature must be a finite number > 0, got {t!r}")
         q = self.method_options.get("queue_size")
-        if q is not None and (isinstance(q, bool) or not isinstance(q, numbers.Integral) or q < 1):
-            raise ValueError(f"queue_size must be a positive int, got {q!r}")
+        low = 0 if self.method == "swav" else 1  # SwAV: 0 turns its queue off
+        if q is not None and (isinstance(q, bool) or not isinstance(q, numbers.Integral) or q < low):
+            raise ValueError(f"queue_size must be an int >= {low}, got {q!r}")
+        c = self.method_options.get("local_crops")
+        if c is not None and (isinstance(c, bool) or not isinstance(c, numbers.Integral) or c < 0):
+            raise ValueError(f"local_crops must be an int >= 0, got {c!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or not 0 <= self.seed <= SEED_MAX:
             raise ValueError(f"seed must be an int in [0, {SEED_MAX}], got {self.seed!r}")
         from .data import check_cache_dir
@@ -225,6 +232,9 @@ def pretrain(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> L
         raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue that run, or choose "
                               "another --out")
     state = _resume_state(ckpt_path, cfg) if resume else None  # checked before any work
+    method = build(cfg, device)  # before the data: the method says which views it trains on
+    augs = method_views(method, cfg.image_size, cfg.min_crop)
+    draw_noise = getattr(method, "noise", None)
     if state is not None and rank == 0:
         from .checkpoint import remove_temporaries
         remove_temporaries(cfg.out)  # a killed epoch's half-written checkpoint, metrics, config
@@ -235,7 +245,7 @@ def pretrain(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> L
     if large:  # decoded by workers, batch by batch
         files = torch.utils.data.ConcatDataset([
             ImageFiles(s, cache_dir=cfg.cache_dir, skip_bad=cfg.skip_bad_images)
-            .with_transform(train_transform(cfg.image_size, cfg.min_crop), views=2) for s in cfg.data])
+            .with_transform([view_transform(a) for a in augs]) for s in cfg.data])
         n = len(files)
     else:  # decoded once, resident on the device
         images = torch.cat([load_images(s, cfg.image_size, cache_dir=cfg.cache_dir, skip_bad=cfg.skip_bad_images,
@@ -252,17 +262,18 @@ def pretrain(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> L
                        else cfg.warmup_epochs * steps_per_epoch)
     if not large:
         images = images.to(device)
-    aug = Augment(size=cfg.image_size, scale=(cfg.min_crop, 1.0))
     workers = cfg.workers if cfg.workers >= 0 else default_workers()
 
-    method = build(cfg, device)
     if world > 1 and device.type == "cpu":
         method = convert_batchnorm(method)
     elif world > 1:
         method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
     params = [p for p in method.parameters() if p.requires_grad]
-    opt_cls = LARS if cfg.optimizer == "lars" else torch.optim.SGD
-    opt = opt_cls(params, lr=cfg.peak_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":  # MAE's and DINO's choice for ViTs (betas as MAE's)
+        opt = torch.optim.AdamW(params, lr=cfg.peak_lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    else:
+        opt_cls = LARS if cfg.optimizer == "lars" else torch.optim.SGD
+        opt = opt_cls(params, lr=cfg.peak_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     start_epoch = 0
     if state is not None:
         try:
@@ -278,7 +289,7 @@ def pretrain(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> L
         _write_json_atomic(dict(asdict(cfg), world_size=world, device=str(device), images=n,
                                 total_steps=total_steps, resolved_warmup_steps=warmup_steps),
                            os.path.join(cfg.out, "config.json"))
-        queue = getattr(method, "queue", None)  # MoCo: its own keys must not be its negatives
+        queue = method.queue if cfg.method == "moco" else None  # its own keys must not be its negatives
         if queue is not None and queue.shape[0] >= n:
             tqdm.write(f"simcore: warning: MoCo's queue holds {queue.shape[0]} keys and there are {n} "
                        f"training images, so an image's own earlier keys become its negatives; "
@@ -312,19 +323,21 @@ def pretrain(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> L
             for group in opt.param_groups:
                 group["lr"] = lr_at(global_step, total_steps, cfg.peak_lr,
                                     warmup_steps)
+            seed = cfg.seed * 1_000_003 + global_step
             if large:
-                v1, v2 = (v.to(device, non_blocking=True) for v in next(views))
+                inputs = [v.to(device, non_blocking=True) for v in next(views)]
+                g = torch.Generator().manual_seed(seed)  # for the noise, drawn here on the CPU
             else:
                 idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size].to(device)
                 batch = images[idx]
-                g = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + global_step)
-                v1 = augment(batch, aug, g)[mine]
-                v2 = augment(batch, aug, g)[mine]
+                g = torch.Generator(device=device).manual_seed(seed)
+                inputs = [augment(batch, a, g)[mine] for a in augs]
             if cfg.channels_last:
-                v1 = v1.contiguous(memory_format=torch.channels_last)
-                v2 = v2.contiguous(memory_format=torch.channels_last)
+                inputs = [v.contiguous(memory_format=torch.channels_last) for v in inputs]
+            if draw_noise is not None:  # the global batch's, sliced like the views
+                inputs.append(draw_noise(cfg.batch_size, g, g.device)[mine].to(device))
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                loss = forward(v1, v2)
+                loss = forward(*inputs)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
