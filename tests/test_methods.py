@@ -298,6 +298,14 @@ def test_dino_center_teacher_and_head():
     for t, b, o in zip(m.teacher_backbone.parameters(), before, m.backbone.parameters()):
         torch.testing.assert_close(t, 0.9 * b + 0.1 * o)
     assert not any(p.requires_grad for p in m.teacher_head.parameters())
+    assert any(isinstance(x, torch.nn.BatchNorm1d) for x in m.head.mlp)  # head_batch_norm (default)
+    plain = DINO(build_backbone("resnet18-w0.25", True), out_dim=16, head_batch_norm=False, norm_last_layer=False)
+    assert not any(isinstance(x, torch.nn.BatchNorm1d) for x in plain.head.mlp)
+    with torch.no_grad():  # a learned scale per output row: 3 x the cosine
+        plain.head.last_scale.fill_(3.0)
+        x = torch.randn(5, plain.backbone.feature_dim)
+        h = F.normalize(plain.head.mlp(x), dim=-1)
+        torch.testing.assert_close(plain.head(x), 3 * h @ F.normalize(plain.head.last.weight, dim=1).T)
 
 
 def test_patchify_and_masking_by_hand():

@@ -327,3 +327,15 @@ def test_large_images_take_every_view_and_the_noise(large_folder, tmp_path, monk
         pretrain(config(large_folder, tmp_path / "b", **run), progress=False)
     monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
     assert pretrain(config(large_folder, tmp_path / "b", **run), resume=True, progress=False) == full[1:]
+
+
+def test_adamw_skips_weight_decay_on_biases_and_norms(folder, tmp_path):
+    pretrain(config(folder, tmp_path / "a", method="mae", arch="vit_tiny", optimizer="adamw", lr=1e-3,
+                    weight_decay=0.05, epochs=1), progress=False)
+    state = load_checkpoint(str(tmp_path / "a" / "checkpoint.pt"))
+    groups = state["optimizer"]["param_groups"]
+    assert [g["weight_decay"] for g in groups] == [0.05, 0.0]
+    shapes = [p.shape for p in train_mod.build(config(folder, tmp_path / "b", method="mae", arch="vit_tiny"),
+                                                torch.device("cpu")).parameters() if p.requires_grad]
+    assert len(groups[1]["params"]) == sum(len(s) <= 1 for s in shapes) > 0
+    assert len(groups[0]["params"]) == sum(len(s) > 1 for s in shapes)

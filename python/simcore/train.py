@@ -269,8 +269,11 @@ def pretrain(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> L
     elif world > 1:
         method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
     params = [p for p in method.parameters() if p.requires_grad]
-    if cfg.optimizer == "adamw":  # MAE's and DINO's choice for ViTs (betas as MAE's)
-        opt = torch.optim.AdamW(params, lr=cfg.peak_lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":  # MAE's and DINO's choice for ViTs (betas as MAE's); as theirs,
+        # no weight decay on biases and norm parameters (the 1-D ones)
+        groups = [dict(params=[p for p in params if p.dim() > 1]),
+                  dict(params=[p for p in params if p.dim() <= 1], weight_decay=0.0)]
+        opt = torch.optim.AdamW(groups, lr=cfg.peak_lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     else:
         opt_cls = LARS if cfg.optimizer == "lars" else torch.optim.SGD
         opt = opt_cls(params, lr=cfg.peak_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
