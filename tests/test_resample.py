@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 
-import numpy as np
 import pytest
 import torch
 
@@ -28,9 +27,9 @@ def same_weights(a, b):
 
 
 # -- the trainer: a schedule in segments, the data changed between them ---------------------
-def train_config(data, out, files):
-    return TrainConfig(data=[files], out=str(out), arch="resnet18-w0.25", steps=9, warmup_steps=2, batch_size=16,
-                       image_size=16, amp="off", cache_dir=str(data / "cache"))
+def train_config(data, out, files, method="simclr"):
+    return TrainConfig(data=[files], out=str(out), method=method, arch="resnet18-w0.25", steps=9, warmup_steps=2,
+                       batch_size=16, image_size=16, amp="off", cache_dir=str(data / "cache"))
 
 
 @pytest.fixture(scope="module")
@@ -43,18 +42,19 @@ def lists(data):
     return str(data / "a.txt"), str(data / "b.txt")
 
 
-def segments(data, out, lists, **kw):
+def segments(data, out, lists, method):
     """Steps 0-4 on a, 5-8 on b: epochs of 2, 2, 1 (cut at 5), then 2, 2 (b's own)."""
-    pretrain(train_config(data, out, lists[0]), until=5, progress=False, **kw)
-    pretrain(train_config(data, out, lists[1]), resume=True, until=9, progress=False)
+    pretrain(train_config(data, out, lists[0], method), until=5, progress=False)
+    pretrain(train_config(data, out, lists[1], method), resume=True, until=9, progress=False)
 
 
-def test_segments_keep_the_schedule_and_resume_exactly(data, lists, tmp_path, monkeypatch):
+@pytest.mark.parametrize("method", ["simclr", "byol"])  # BYOL: its target network and EMA schedule go on
+def test_segments_keep_the_schedule_and_resume_exactly(data, lists, tmp_path, monkeypatch, method):
     seen = []
     real_lr = train_mod.lr_at
     monkeypatch.setattr(train_mod, "lr_at", lambda step, total, peak, warmup: seen.append((step, total, warmup))
                         or real_lr(step, total, peak, warmup))
-    segments(data, tmp_path / "a", lists)
+    segments(data, tmp_path / "a", lists, method)
     assert seen == [(s, 9, 2) for s in range(9)]  # one schedule over all the steps
     full = load_checkpoint(str(tmp_path / "a" / "checkpoint.pt"))
     assert (full["epoch"], full["step"], full["begin_step"], full["begin_epoch"]) == (5, 9, 5, 3)
@@ -72,11 +72,11 @@ def test_segments_keep_the_schedule_and_resume_exactly(data, lists, tmp_path, mo
 
         monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
         with pytest.raises(KeyboardInterrupt):
-            segments(data, out, lists)
+            segments(data, out, lists, method)
         monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
         if load_checkpoint(str(out / "checkpoint.pt"))["step"] < 5:  # killed in a's segment: a first
-            pretrain(train_config(data, out, lists[0]), resume=True, until=5, progress=False)
-        pretrain(train_config(data, out, lists[1]), resume=True, until=9, progress=False)
+            pretrain(train_config(data, out, lists[0], method), resume=True, until=5, progress=False)
+        pretrain(train_config(data, out, lists[1], method), resume=True, until=9, progress=False)
         assert same_weights(weights(out / "checkpoint.pt"), full["model"]), kill_at
 
 
@@ -92,6 +92,28 @@ def test_data_changes_only_where_a_segment_ended(data, lists, tmp_path):
         pretrain(train_config(data, tmp_path / "a", lists[0]), resume=True, until=2, progress=False)
     with pytest.raises(ValueError, match="until must be a step in \\[1, 9\\]"):
         pretrain(train_config(data, tmp_path / "c", lists[0]), until=10, progress=False)
+    pretrain(train_config(data, tmp_path / "c", lists[0]), progress=False)  # to the end: no new data after it
+    with pytest.raises(ValueError, match="another configuration \\(data: "):
+        pretrain(train_config(data, tmp_path / "c", lists[1]), resume=True, progress=False)
+
+
+def test_checkpoints_from_before_segments_resume_as_they_did(data, lists, tmp_path, monkeypatch):
+    """A checkpoint without step, until and the segment's start (older code) resumes at its
+    epoch, on the same data."""
+    pretrain(train_config(data, tmp_path / "a", lists[0]), progress=False)
+    real_save = train_mod.save_checkpoint
+
+    def save_as_before_then_die(path, **state):
+        real_save(path, **{k: v for k, v in state.items() if k not in ("step", "until", "begin_step", "begin_epoch")})
+        if state["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", save_as_before_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(train_config(data, tmp_path / "b", lists[0]), progress=False)
+    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+    pretrain(train_config(data, tmp_path / "b", lists[0]), resume=True, progress=False)
+    assert same_weights(weights(tmp_path / "a" / "checkpoint.pt"), weights(tmp_path / "b" / "checkpoint.pt"))
 
 
 # -- the retrain stage ----------------------------------------------------------------------

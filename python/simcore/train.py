@@ -376,8 +376,8 @@ def pretrain(cfg: TrainConfig, resume: bool = False, progress: bool = True,
             metrics.add(epoch=epoch + 1, loss=f"{mean_loss:.6f}", lr=f"{opt.param_groups[0]['lr']:.6g}",
                         seconds=f"{seconds:.2f}", images_per_s=f"{epoch_steps * cfg.batch_size / seconds:.1f}")
             save_checkpoint(ckpt_path, model=method.state_dict(), optimizer=opt.state_dict(),
-                            epoch=epoch + 1, step=first + epoch_steps, until=stop, begin_step=begin,
-                            begin_epoch=begin_epoch, config=_comparable(cfg))
+                            epoch=epoch + 1, step=first + epoch_steps, until=stop if stop < total_steps else None,
+                            begin_step=begin, begin_epoch=begin_epoch, config=_comparable(cfg))
             if board is not None:
                 for name, value in (("loss", mean_loss), ("lr", opt.param_groups[0]["lr"]),
                                     ("images_per_s", epoch_steps * cfg.batch_size / seconds)):
@@ -432,5 +432,6 @@ def _resume_state(ckpt_path: str, cfg: TrainConfig) -> dict:
 
 
 def _segment_ended(state: dict) -> bool:
-    """The checkpoint is where its call was told to stop (`until`): new data may begin there."""
-    return "until" in state and state.get("step") == state["until"]
+    """The checkpoint is where its call was told to stop short of the schedule's end
+    (`until`): new data may begin there."""
+    return state.get("until") is not None and state.get("step") == state["until"]
