@@ -260,7 +260,8 @@ def cmd_run(args) -> int:
                     finetune=args.finetune, finetune_epochs=args.finetune_epochs,
                     device=args.device, amp=args.amp, workers=args.workers, cache_dir=args.cache_dir,
                     skip_bad_images=args.skip_bad_images, method_options=options,
-                    retrieval_encoder=args.retrieval_encoder, retrieval_size=args.retrieval_size)
+                    retrieval_encoder=args.retrieval_encoder, retrieval_size=args.retrieval_size,
+                    resample=args.resample)
     run(cfg, from_stage=args.from_stage, progress=not args.quiet)
     return 0
 
@@ -326,6 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "efficientnet-lite0 (offline, the [pretrained] extra); retraining is the same for all")
     r.add_argument("--retrieval-size", type=int, default=None, metavar="PX",
                    help="the retrieval encoder's input size (default: its own; pretrain: --image-size)")
+    r.add_argument("--resample", type=int, default=0, metavar="N",
+                   help="re-select the coreset N times during retraining with the retraining encoder as it "
+                   "is then (the released code's --sampling_times N+1): N+1 equal segments of its steps, "
+                   "each after the first on a new coreset; 0: one selection, the paper's")
     r.add_argument("--linear-epochs", type=int, default=100)
     r.add_argument("--finetune", type=finite, nargs="+", default=[], metavar="FRACTION",
                    help="also fine-tune every encoder (whole network, new linear head) on these shares of X's "

@@ -15,6 +15,20 @@
 Retraining runs exactly as many optimizer steps as the X-only pretraining (the paper's
 comparison), so X alone, X + random and X + SimCore differ only in their data.
 
+With --resample N (the released code's --sampling_times N + 1) retraining's steps are cut
+into N + 1 equal segments; after each of the first N, the retraining encoder as it is then
+extracts X and U, k-means (the same k and seed) gives centroids and select_coreset (the same
+budget, tau, patience) a new coreset from the whole of U, and training goes on with X + that
+coreset: the same optimizer and method state, the same learning-rate schedule over all the
+steps, the same steps in all. Each re-selection goes to RUN/retrain/resample_I/ (coreset.txt,
+coreset.npz, selection.json with its size, rounds, stop reason and overlap with the coreset
+before it; its features are deleted once it is saved) and is resumable like the rest: a
+finished one is read back, and training resumes from its last epoch or segment end.
+Where we differ from the released code: it re-selects at epoch boundaries (ours: at a step
+cut, the last epoch of a segment cut short there), extracts features in eval mode with
+resize + center crop (ours: the run's extraction, at the retrieval size), and also re-draws
+its random baseline (ours keeps the baseline's one random subset).
+
 RUN/manifest.json records, per stage, a key (a hash of the stage's parameters, the
 fingerprints of its input data and the stamps of the stages it reads) and a status. A
 rerun skips every stage whose key is unchanged and whose status is "done"; a changed
@@ -83,6 +97,9 @@ class RunConfig:
     # stage) or any simcore.encoders spec; retraining is the same whatever selects
     retrieval_encoder: str = "pretrain"
     retrieval_size: Optional[int] = None  # its input size (default: its own; pretrain: image_size)
+    # re-select the coreset this many times during retraining, with the retraining encoder
+    # (the released code's --sampling_times minus one); 0: the paper's single selection
+    resample: int = 0
 
     def train_config(self, data: List[str], out: str, steps: Optional[int] = None,
                      warmup_steps: Optional[int] = None):
@@ -110,6 +127,7 @@ class RunConfig:
         check_int(self.patience, "patience", 1)
         check_int(self.linear_epochs, "linear_epochs", 1)
         check_int(self.finetune_epochs, "finetune_epochs", 1)
+        check_int(self.resample, "resample", 0)
         for f in self.finetune:
             if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
                 raise ValueError(f"--finetune label fractions must be in (0, 1], got {f!r}")
@@ -160,6 +178,7 @@ class RunConfig:
             n = _count(self.target)
             if n < self.batch_size:
                 raise ValueError(f"batch_size {self.batch_size} is larger than the {n} target images")
+            check_resample(self.resample, self.epochs * (n // self.batch_size))  # again once the steps ran
         self._check_out()
         return self
 
@@ -181,6 +200,14 @@ class RunConfig:
             if mine:
                 raise FileExistsError(f"--out {self.out} holds {', '.join(mine)} but no manifest.json: not a "
                                       "simcore run folder (a run would replace them); choose another --out")
+
+
+def check_resample(resample: int, steps: int) -> None:
+    """Each of the resample + 1 segments of retraining needs at least one step."""
+    if resample > steps - 1:
+        raise ValueError(f"--resample {resample}: retraining runs {steps} optimizer steps (as many as the "
+                         f"pretraining on X) and each of its {resample + 1} segments needs one: give at most "
+                         f"{steps - 1}")
 
 
 def check_out_folder(out: str, what: str = "folder") -> None:
@@ -337,6 +364,8 @@ class Run:
                      # keyed only when changed: runs from before these options keep their keys
                      **({"optimizer": c.optimizer} if c.optimizer != "sgd" else {}),
                      **({"weight_decay": c.weight_decay} if c.weight_decay != 5e-4 else {}))
+        resample = (dict(resample=c.resample, k=c.k, budget=c.budget, tau=c.tau, patience=c.patience,
+                         dtype=c.feature_dtype, size=self.resample_size()) if c.resample else {})
         specs = {
             "pretrain": (train, dict(target=self.fingerprints["target"]), []),
             # a foreign encoder keys on its weights' hash; the X encoder on the pretrain stage
@@ -345,8 +374,10 @@ class Run:
                         ["pretrain"] if c.retrieval_encoder == "pretrain" else []),
             "centroids": (dict(k=c.k, seed=c.seed), {}, ["extract"]),
             "select": (dict(budget=c.budget, tau=c.tau, patience=c.patience), {}, ["extract", "centroids"]),
-            # the coreset's stamp is its list of paths: the images' content comes in here
-            "retrain": (train, dict(target=self.fingerprints["target"], openset=self.fingerprints["openset"]),
+            # the coreset's stamp is its list of paths: the images' content comes in here; with
+            # --resample, the settings of its re-selections too (keyed only then, as above)
+            "retrain": (dict(train, **resample), dict(target=self.fingerprints["target"],
+                                                      openset=self.fingerprints["openset"]),
                         ["pretrain", "select"]),
             "baseline": (dict(train, random_seed=c.seed),  # needs the coreset's size, not its items
                          dict(target=self.fingerprints["target"], openset=self.fingerprints["openset"], items=self.stage_record("select").get("items"),
@@ -357,7 +388,8 @@ class Run:
                      dict(test=self.fingerprints.get("test")), ["pretrain", "retrain", "baseline"]),
             # select's stamp covers only the coreset; its key (settings, features, centroids)
             # fixes the rest of what the report shows. Without matplotlib: redone once it is there
-            "report": (dict(groups=self.fingerprints.get("groups"), plots=plots.available()),
+            "report": (dict(groups=self.fingerprints.get("groups"), plots=plots.available(),
+                            **({"resample": c.resample} if c.resample else {})),
                        dict(select=self.stage_record("select").get("key")), ["select", "eval", "baseline"]),
         }
         params, inputs, deps = specs[stage]
@@ -372,6 +404,11 @@ class Run:
             from .encoders import identity
             self._encoder_identity = identity(c.retrieval_encoder, c.retrieval_size)
         return self._encoder_identity
+
+    def resample_size(self) -> Optional[int]:
+        """The retraining encoder's input size when it re-selects: the X encoder's retrieval
+        size (--retrieval-size), else its own training size (None)."""
+        return self.cfg.retrieval_size if self.cfg.retrieval_encoder == "pretrain" else None
 
     def enabled(self, stage: str) -> bool:
         if stage == "baseline":
@@ -458,10 +495,11 @@ class Run:
         self.log(f"[{stage}] done in {seconds:.1f} s")
 
     # -- the stages ----------------------------------------------------------------------
-    def _pretrain(self, data: List[str], folder: str, steps=None, warmup_steps=None) -> dict:
+    def _pretrain(self, data: List[str], folder: str, steps=None, warmup_steps=None, until=None) -> dict:
         from .train import pretrain
         cfg = self.cfg.train_config(data, self.path(folder), steps, warmup_steps)
-        pretrain(cfg, resume=os.path.exists(self.path(folder, "checkpoint.pt")), progress=self.progress)
+        pretrain(cfg, resume=os.path.exists(self.path(folder, "checkpoint.pt")), progress=self.progress,
+                 until=until)
         with open(self.path(folder, "metrics.csv")) as f:
             rows = f.read().splitlines()[1:]
         return dict(outputs=[f"{folder}/checkpoint.pt"], epochs=len(rows),
@@ -476,61 +514,78 @@ class Run:
 
     def stage_extract(self) -> dict:
         from .encoders import load_encoder
-        from .extract import extract
         c = self.cfg
         which = self.path("pretrain", "checkpoint.pt") if c.retrieval_encoder == "pretrain" else c.retrieval_encoder
-        encoder = load_encoder(which, c.retrieval_size, device=c.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        outs = ["features/target.npy"] + [f"features/openset_{i}.npy" for i in range(len(self.cfg.openset))]
-        for spec, out in zip([self.cfg.target] + list(self.cfg.openset), outs):
-            if not os.path.exists(self.path(out)):  # a finished part of an interrupted stage stays
-                extract(encoder, spec, self.path(out), dtype=self.cfg.feature_dtype, device=self.cfg.device,
-                        cache_dir=self.cfg.cache_dir, skip_bad=self.cfg.skip_bad_images,
-                        progress=self.progress, workers=self.cfg.workers)
+        encoder = load_encoder(which, c.retrieval_size, device=self.device())
+        outs = self.extract_into(encoder, "features")
         rows = [int(np.load(self.path(o), mmap_mode="r").shape[0]) for o in outs]
         return dict(outputs=outs + [o[:-4] + ".paths.txt" for o in outs], rows=rows,
                     encoder=c.retrieval_encoder, encoder_size=encoder.size, dim=encoder.dim)
 
-    def stage_centroids(self) -> dict:
+    def device(self) -> str:
+        return self.cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+    def extract_into(self, encoder, folder: str) -> List[str]:
+        """Features of X and of every open-set part into `folder` (relative to the run): a
+        finished part of an interrupted call stays, an unfinished one resumes."""
+        from .extract import extract
+        outs = [f"{folder}/target.npy"] + [f"{folder}/openset_{i}.npy" for i in range(len(self.cfg.openset))]
+        for spec, out in zip([self.cfg.target] + list(self.cfg.openset), outs):
+            if not os.path.exists(self.path(out)):
+                extract(encoder, spec, self.path(out), dtype=self.cfg.feature_dtype, device=self.cfg.device,
+                        cache_dir=self.cfg.cache_dir, skip_bad=self.cfg.skip_bad_images,
+                        progress=self.progress, workers=self.cfg.workers)
+        return outs
+
+    def centroids_of(self, folder: str) -> torch.Tensor:
+        """k-means (cosine, the run's k and seed) of the target features in `folder`."""
         from simcore_ext.kmeans import make_centroids
-        from simcore_ext.result import atomic_write
-        X = torch.from_numpy(np.load(self.path("features", "target.npy")).astype(np.float32))
+        X = torch.from_numpy(np.load(self.path(folder, "target.npy")).astype(np.float32))
         if not torch.isfinite(X).all() or bool((X.norm(dim=1) == 0).any()):
             raise ValueError("target features hold NaN/Inf or zero rows: the encoder diverged "
                              "(try a lower --lr, or --from-stage pretrain)")
-        C = make_centroids(X, self.cfg.k, "cosine", self.cfg.seed)
+        return make_centroids(X, self.cfg.k, "cosine", self.cfg.seed)
+
+    def stage_centroids(self) -> dict:
+        from simcore_ext.result import atomic_write
+        C = self.centroids_of("features")
         atomic_write(self.path("centroids", "centroids.npy"), lambda f: np.save(f, C.numpy()))
         return dict(outputs=["centroids/centroids.npy"], k=int(C.shape[0]))
 
-    def openset_paths(self) -> List[str]:
+    def openset_paths(self, folder: str = "features") -> List[str]:
         paths = []
         for i in range(len(self.cfg.openset)):
-            with open(self.path("features", f"openset_{i}.paths.txt")) as f:
+            with open(self.path(folder, f"openset_{i}.paths.txt")) as f:
                 part = [line.rstrip("\n") for line in f]
-            rows = int(np.load(self.path("features", f"openset_{i}.npy"), mmap_mode="r").shape[0])
+            rows = int(np.load(self.path(folder, f"openset_{i}.npy"), mmap_mode="r").shape[0])
             if len(part) != rows:  # every later index would name the wrong image
-                raise ValueError(f"{self.path('features', f'openset_{i}.paths.txt')} lists {len(part)} images for "
+                raise ValueError(f"{self.path(folder, f'openset_{i}.paths.txt')} lists {len(part)} images for "
                                  f"{rows} feature rows: rerun with --from-stage extract")
             paths += part
         return paths
 
-    def stage_select(self) -> dict:
+    def select_into(self, features: str, C, out: str):
+        """select_coreset (the run's budget, tau, patience) on the open-set features in
+        `features` with centroids C; coreset.npz and coreset.txt into `out`. -> (result, summary)"""
         from simcore_ext import select_coreset
-        shards = [self.path("features", f"openset_{i}.npy") for i in range(len(self.cfg.openset))]
-        C = np.load(self.path("centroids", "centroids.npy"))
-        n = int(np.load(self.path("features", "target.npy"), mmap_mode="r").shape[0])
+        shards = [self.path(features, f"openset_{i}.npy") for i in range(len(self.cfg.openset))]
+        n = int(np.load(self.path(features, "target.npy"), mmap_mode="r").shape[0])
         N = sum(int(np.load(s, mmap_mode="r").shape[0]) for s in shards)
         budget = self.cfg.budget if self.cfg.budget is not None else min(50 * n, N)
         r = select_coreset(None, shards, centroids=C, budget=budget, tau=self.cfg.tau,
                            patience=self.cfg.patience, device=self.cfg.device, seed=self.cfg.seed,
                            progress=self.progress)
-        r.save(self.path("select", "coreset.npz"))
-        paths = self.openset_paths()
-        _write_lines([os.path.abspath(paths[i]) for i in r.indices.tolist()], self.path("select", "coreset.txt"))
-        summary = dict(items=len(r), openset=N, rounds=r.rounds, stop_reason=r.stop_reason,
+        r.save(self.path(out, "coreset.npz"))
+        paths = self.openset_paths(features)
+        _write_lines([os.path.abspath(paths[i]) for i in r.indices.tolist()], self.path(out, "coreset.txt"))
+        return r, dict(items=len(r), openset=N, rounds=r.rounds, stop_reason=r.stop_reason,
                        threshold=r.threshold, select_seconds=r.stats["seconds"], device=r.params.get("device"))
+
+    def stage_select(self) -> dict:
+        r, summary = self.select_into("features", np.load(self.path("centroids", "centroids.npy")), "select")
         _write_json(summary, self.path("select", "selection.json"))
-        self.log(f"[select] {len(r)} of {N} open-set images in {r.rounds} rounds ({r.stop_reason}), "
-                 f"{r.stats['seconds']:.2f} s")
+        self.log(f"[select] {len(r)} of {summary['openset']} open-set images in {r.rounds} rounds "
+                 f"({r.stop_reason}), {r.stats['seconds']:.2f} s")
         return dict(outputs=["select/coreset.npz", "select/coreset.txt", "select/selection.json"],
                     identity=["select/coreset.txt"], **summary)
 
@@ -539,9 +594,56 @@ class Run:
         return dict(steps=rec["steps"], warmup_steps=rec["warmup_steps"])
 
     def stage_retrain(self) -> dict:
-        info = self._pretrain([self.cfg.target, self.path("select", "coreset.txt")], "retrain", **self._steps())
-        info.update(self._steps())
+        """X + the coreset, as many steps as pretraining; with --resample N, N + 1 segments
+        of them, each after the first on a coreset the retraining encoder re-selected."""
+        steps, n = self._steps(), self.cfg.resample
+        check_resample(n, steps["steps"])  # the steps as run (--skip-bad-images may drop images)
+        cuts = [steps["steps"] * i // (n + 1) for i in range(n + 2)]
+        coreset, resampled = self.path("select", "coreset.txt"), []
+        for i in range(n + 1):
+            if i > 0:
+                resampled.append(self._resample(i, cuts[i], n))
+                coreset = self.path("retrain", f"resample_{i}", "coreset.txt")
+            if i < n and os.path.exists(self.path("retrain", f"resample_{i + 1}", "selection.json")):
+                continue  # this segment ended: the next re-selection read its encoder
+            info = self._pretrain([self.cfg.target, coreset], "retrain", until=cuts[i + 1], **steps)
+        info.update(steps)
+        if n:
+            info["identity"] = list(info["outputs"])  # the weights; the coresets are in them
+            info["outputs"] += [f"retrain/resample_{i}/{f}" for i in range(1, n + 1)
+                                for f in ("coreset.txt", "coreset.npz", "selection.json")]
+            info["resampled"] = resampled
         return info
+
+    def _resample(self, i: int, step: int, of: int) -> dict:
+        """Re-selection i: the retraining encoder as it is at `step` (its checkpoint ends a
+        segment there) extracts X and U, k-means and select_coreset as the centroids and
+        select stages do, into retrain/resample_i/. selection.json is written last; a
+        finished re-selection is read back, not redone."""
+        from simcore_ext import CoresetResult
+        from .checkpoint import remove_temporaries
+        from .encoders import load_encoder
+        folder = f"retrain/resample_{i}"
+        done = self.path(folder, "selection.json")
+        if not os.path.exists(done):
+            os.makedirs(self.path(folder), exist_ok=True)
+            remove_temporaries(self.path(folder))  # a killed attempt's
+            self.log(f"[retrain] re-selection {i} of {of}: the encoder at step {step} extracts X and U")
+            encoder = load_encoder(self.path("retrain", "checkpoint.pt"), self.resample_size(), device=self.device())
+            self.extract_into(encoder, f"{folder}/features")
+            r, summary = self.select_into(f"{folder}/features", self.centroids_of(f"{folder}/features"), folder)
+            before = CoresetResult.load(self.path("select" if i == 1 else f"retrain/resample_{i - 1}",
+                                                  "coreset.npz")).indices
+            kept = len(set(before.tolist()) & set(r.indices.tolist()))
+            summary.update(step=step, overlap=kept, overlap_fraction=kept / max(1, len(before)))
+            _write_json(summary, done)
+            self.log(f"[retrain] re-selection {i} of {of} at step {step}: {len(r)} of {summary['openset']} "
+                     f"open-set images in {r.rounds} rounds ({r.stop_reason}); {kept} of the previous "
+                     f"{len(before)} kept ({100 * summary['overlap_fraction']:.1f}%)")
+        if os.path.exists(self.path(folder, "features")):
+            shutil.rmtree(self.path(folder, "features"))  # as large as the open-set's; the coreset stays
+        with open(done) as f:
+            return json.load(f)
 
     def stage_baseline(self) -> dict:
         size = self.stage_record("select")["items"]
@@ -563,6 +665,10 @@ class Run:
             m["X + random"] = "baseline"
         m["X + SimCore"] = "retrain"
         return m
+
+    def resampled_note(self, stage: str) -> str:
+        n = self.cfg.resample if stage == "retrain" else 0
+        return f" (coreset re-selected {n} time{'s' * (n > 1)} during retraining)" if n else ""
 
     def stage_eval(self) -> dict:
         """Each encoder's accuracies go to eval/<stage>.json, and each fine-tuning to
@@ -596,7 +702,8 @@ class Run:
                 results[label] = dict(linear=lin["top1"], linear_mean_per_class=lin["mean_per_class"],
                                       knn20=k[20], knn200=k[200])
                 _write_json(dict(key=key, results=results[label]), path)
-                self.log(f"[eval] {label}: linear {lin['top1']:.1f}%, kNN(20) {k[20]:.1f}%, kNN(200) {k[200]:.1f}%")
+                self.log(f"[eval] {label}{self.resampled_note(stage)}: linear {lin['top1']:.1f}%, "
+                         f"kNN(20) {k[20]:.1f}%, kNN(200) {k[200]:.1f}%")
             tuned = {}
             for f in fractions(c):
                 key = _hash(dict(common, fraction=f, finetune_epochs=c.finetune_epochs, amp=c.amp))

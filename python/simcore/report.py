@@ -142,6 +142,22 @@ def _retrieval(run) -> str:
     return f"{what} at {rec.get('encoder_size', '?')} px, {rec.get('dim', '?')}-d features"
 
 
+def _resampled(run) -> List[str]:
+    """The re-selections during retraining (--resample): one row each."""
+    rows = run.stage_record("retrain").get("resampled") or []
+    if not rows:
+        return []
+    steps = run.stage_record("retrain").get("steps")
+    out = ["### Re-selections during retraining", "",
+           f"Retraining's {steps} steps ran in {len(rows) + 1} equal segments: the first on the coreset above, "
+           "each later one on a coreset the retraining encoder re-selected from the whole open-set at the "
+           "segment's first step (the same k, budget, tau and patience); X + SimCore below is that encoder.", ""]
+    out += _table(["re-selection", "at step", "images", "rounds", "stopped by", "kept from the previous coreset"],
+                  [[str(i), str(r["step"]), str(r["items"]), str(r["rounds"]), r["stop_reason"],
+                    f"{r['overlap']} ({100 * r['overlap_fraction']:.1f}%)"] for i, r in enumerate(rows, 1)])
+    return out + [""]
+
+
 def write_report(run) -> dict:
     from simcore_ext import CoresetResult
     cfg = run.cfg
@@ -153,7 +169,9 @@ def write_report(run) -> dict:
            f"- open-set U: {', '.join(f'`{s}`' for s in cfg.openset)} ({sel['openset']} images)",
            f"- encoder: {cfg.method} {cfg.arch}, {cfg.epochs} epochs on X "
            f"({run.stage_record('pretrain').get('steps')} optimizer steps of batch {cfg.batch_size}; "
-           f"every retraining runs the same steps), {cfg.image_size} px, seed {cfg.seed}",
+           f"every retraining runs the same steps), {cfg.image_size} px, seed {cfg.seed}"
+           + (f"; X + SimCore's coreset re-selected {cfg.resample} time(s) during its retraining"
+              if cfg.resample else ""),
            f"- retrieval encoder (whose features select): {_retrieval(run)}",
            f"- SimCore: k = {run.stage_record('centroids').get('k')}, budget {cfg.budget or '50 x |X|'}, "
            f"tau {cfg.tau}, patience {cfg.patience}", "",
@@ -193,6 +211,7 @@ def write_report(run) -> dict:
             out += ["### Top selected images per centroid", "",
                     "Framed, first column: the target image nearest to the centroid; then the coreset's "
                     "images nearest to it.", "", "![top images](top_images.png)", ""]
+    out += _resampled(run)
     ev = run.stage_record("eval").get("results") if run.enabled("eval") else None
     if ev:
         out += ["## Evaluation on the test split", "", f"Test: `{cfg.test}`; linear probe {cfg.linear_epochs} "

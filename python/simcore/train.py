@@ -9,7 +9,11 @@ per epoch, each batch's augmentation from one seeded per step. So a resumed run 
 uninterrupted one exactly, and a DDP run (each rank draws the whole global batch's
 augmentation and keeps its slice) computes what one process with the same global batch
 computes. (With workers, each rank's workers draw its own augmentations: runs repeat for
-the same seed, ranks and workers.)"""
+the same seed, ranks and workers.)
+
+`pretrain(cfg, until=S)` stops after step S of the schedule with a checkpoint there; the
+resume may train on other data from S on, with the same optimizer, method state and
+learning-rate schedule (`simcore run --resample`)."""
 from __future__ import annotations
 
 import csv
@@ -216,9 +220,17 @@ class _Metrics:
         os.replace(tmp, self.path)
 
 
-def pretrain(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> List[float]:
+def pretrain(cfg: TrainConfig, resume: bool = False, progress: bool = True,
+             until: Optional[int] = None) -> List[float]:
     """Trains cfg.method on cfg.data into cfg.out; returns the mean loss of every epoch
-    run by this call."""
+    run by this call.
+
+    until: stop after this global step of the schedule (default: its end), its epoch cut
+    short there and checkpointed. A later call with resume=True continues the same schedule
+    (optimizer, method state, learning rate over all the steps) and may train on other data
+    from that step on: a segment of data begins where a call stopped at `until`, and its
+    epochs count from there (`simcore run --resample` re-selects its coreset so). A resume
+    mid-segment must keep the segment's data."""
     cfg.check()
     if cfg.tensorboard:
         _board_writer()  # fail before any work if the package is missing
@@ -257,7 +269,9 @@ def pretrain(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> L
     if steps_per_epoch == 0:
         raise ValueError(f"batch_size {cfg.batch_size} is larger than the {n} training images")
     total_steps = cfg.steps or cfg.epochs * steps_per_epoch
-    epochs = -(-total_steps // steps_per_epoch)
+    stop = total_steps if until is None else until
+    if isinstance(stop, bool) or not isinstance(stop, int) or not 1 <= stop <= total_steps:
+        raise ValueError(f"until must be a step in [1, {total_steps}], got {until!r}")
     warmup_steps = min(total_steps, cfg.warmup_steps if cfg.warmup_steps is not None
                        else cfg.warmup_epochs * steps_per_epoch)
     if not large:
@@ -277,15 +291,22 @@ def pretrain(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> L
     else:
         opt_cls = LARS if cfg.optimizer == "lars" else torch.optim.SGD
         opt = opt_cls(params, lr=cfg.peak_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    start_epoch = 0
+    start_epoch, begin, begin_epoch = 0, 0, 0  # this data's segment begins at (begin, begin_epoch)
     if state is not None:
         try:
             method.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             start_epoch = int(state["epoch"])
+            done = int(state.get("step", min(start_epoch * steps_per_epoch, total_steps)))  # older: no "step"
+            begin, begin_epoch = int(state.get("begin_step", 0)), int(state.get("begin_epoch", 0))
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise ValueError(f"--resume: {ckpt_path} does not fit its configuration ({first})") from None
+        if done > stop:
+            raise ValueError(f"--resume: {ckpt_path} is at step {done}, past until={stop}")
+        if _segment_ended(state):
+            begin, begin_epoch = done, start_epoch
+    epochs = begin_epoch + -(-(stop - begin) // steps_per_epoch)  # the last epoch of this call
     if rank == 0:
         os.makedirs(cfg.out, exist_ok=True)
         # the schedule as run (images counted after --skip-bad-images): `simcore run` matches it
@@ -308,7 +329,8 @@ def pretrain(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> L
     per_rank = cfg.batch_size // world
     losses = []
     for epoch in range(start_epoch, epochs):
-        epoch_steps = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
+        first = begin + (epoch - begin_epoch) * steps_per_epoch  # this epoch's first global step
+        epoch_steps = min(steps_per_epoch, stop - first)
         method.train()
         t0 = time.perf_counter()
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
@@ -322,7 +344,7 @@ def pretrain(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> L
             views = iter(loader(files, batches, workers, cfg.seed * 100003 + epoch * 1009 + rank,
                                 pin=device.type == "cuda"))
         for step in bar:
-            global_step = epoch * steps_per_epoch + step
+            global_step = first + step
             for group in opt.param_groups:
                 group["lr"] = lr_at(global_step, total_steps, cfg.peak_lr,
                                     warmup_steps)
@@ -357,7 +379,8 @@ def pretrain(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> L
             metrics.add(epoch=epoch + 1, loss=f"{mean_loss:.6f}", lr=f"{opt.param_groups[0]['lr']:.6g}",
                         seconds=f"{seconds:.2f}", images_per_s=f"{epoch_steps * cfg.batch_size / seconds:.1f}")
             save_checkpoint(ckpt_path, model=method.state_dict(), optimizer=opt.state_dict(),
-                            epoch=epoch + 1, config=_comparable(cfg))
+                            epoch=epoch + 1, step=first + epoch_steps, until=stop if stop < total_steps else None,
+                            begin_step=begin, begin_epoch=begin_epoch, config=_comparable(cfg))
             if board is not None:
                 for name, value in (("loss", mean_loss), ("lr", opt.param_groups[0]["lr"]),
                                     ("images_per_s", epoch_steps * cfg.batch_size / seconds)):
@@ -403,8 +426,15 @@ def _resume_state(ckpt_path: str, cfg: TrainConfig) -> dict:
         raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
     state = load_checkpoint(ckpt_path)
     saved, now = state.get("config", {}), _comparable(cfg)
-    differ = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    differ = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k)
+                    and not (k == "data" and _segment_ended(state)))
     if differ:
         detail = ", ".join(f"{k}: {saved.get(k)!r} then, {now.get(k)!r} now" for k in differ)
         raise ValueError(f"--resume: {ckpt_path} was written with another configuration ({detail})")
     return state
+
+
+def _segment_ended(state: dict) -> bool:
+    """The checkpoint is where its call was told to stop short of the schedule's end
+    (`until`): new data may begin there."""
+    return state.get("until") is not None and state.get("step") == state["until"]
