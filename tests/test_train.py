@@ -186,12 +186,8 @@ def large_folder(tmp_path_factory):
     return str(root)
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_large_images_go_through_workers_and_resume_exactly(large_folder, tmp_path, monkeypatch, workers):
-    kw = dict(image_size=112, batch_size=8, epochs=2, workers=workers)
-    full = pretrain(config(large_folder, tmp_path / "a", **kw), progress=False)
-    assert len(full) == 2 and all(np.isfinite(full))
-    assert not os.path.exists(str(tmp_path / "a") + "-cache")  # no tensor cache for large images
+def _killed_after_epoch_1_then_resumed(monkeypatch, cfg):
+    """The run of cfg killed right after epoch 1's checkpoint, then resumed: the resumed losses."""
     real_save = train_mod.save_checkpoint
 
     def save_then_die(path, **state):
@@ -201,9 +197,18 @@ def test_large_images_go_through_workers_and_resume_exactly(large_folder, tmp_pa
 
     monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        pretrain(config(large_folder, tmp_path / "b", **kw), progress=False)
+        pretrain(cfg, progress=False)
     monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
-    assert pretrain(config(large_folder, tmp_path / "b", **kw), resume=True, progress=False) == full[1:]
+    return pretrain(cfg, resume=True, progress=False)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_large_images_go_through_workers_and_resume_exactly(large_folder, tmp_path, monkeypatch, workers):
+    kw = dict(image_size=112, batch_size=8, epochs=2, workers=workers)
+    full = pretrain(config(large_folder, tmp_path / "a", **kw), progress=False)
+    assert len(full) == 2 and all(np.isfinite(full))
+    assert not os.path.exists(str(tmp_path / "a") + "-cache")  # no tensor cache for large images
+    assert _killed_after_epoch_1_then_resumed(monkeypatch, config(large_folder, tmp_path / "b", **kw)) == full[1:]
 
 
 def test_tensorboard_logging(folder, tmp_path, monkeypatch):
@@ -315,18 +320,7 @@ def test_large_images_take_every_view_and_the_noise(large_folder, tmp_path, monk
         assert seen[0] == [(8, 3, 112, 112)] * 2 + [(8, 3, 48, 48)] * 2
     else:
         assert seen[0] == [(8, 3, 112, 112), (8, 196)]  # 8 px patches at 112 px: 14 x 14
-    real_save = train_mod.save_checkpoint
-
-    def save_then_die(path, **state):
-        real_save(path, **state)
-        if state["epoch"] == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        pretrain(config(large_folder, tmp_path / "b", **run), progress=False)
-    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
-    assert pretrain(config(large_folder, tmp_path / "b", **run), resume=True, progress=False) == full[1:]
+    assert _killed_after_epoch_1_then_resumed(monkeypatch, config(large_folder, tmp_path / "b", **run)) == full[1:]
 
 
 def test_adamw_skips_weight_decay_on_biases_and_norms(folder, tmp_path):

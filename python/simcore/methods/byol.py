@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .heads import mlp, wide
+from .heads import cosine_momentum, ema_, mlp, wide
 
 
 def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -49,14 +48,12 @@ class BYOL(nn.Module):
         return byol_loss(p[:b], z[b:]) + byol_loss(p[b:], z[:b])
 
     def momentum(self, progress: float) -> float:
-        return 1 - (1 - self.base_momentum) * (math.cos(math.pi * progress) + 1) / 2
+        return cosine_momentum(self.base_momentum, progress)
 
     @torch.no_grad()
     def after_step(self, progress: float) -> None:
-        m = self.momentum(progress)
         online = list(self.backbone.parameters()) + list(self.projector.parameters())
-        torch._foreach_mul_(self._target_params(), m)
-        torch._foreach_add_(self._target_params(), online, alpha=1 - m)
+        ema_(self._target_params(), online, self.momentum(progress))
         # BatchNorm running statistics follow the online network
         for t, o in ((self.target_backbone, self.backbone), (self.target_projector, self.projector)):
             for tb, ob in zip(t.buffers(), o.buffers()):

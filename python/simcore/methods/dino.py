@@ -32,13 +32,12 @@ are gathered for the center, so every rank updates it as one process would."""
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .heads import gather, wide
+from .heads import cosine_momentum, ema_, gather, wide
 from .multicrop import check_local_crops, encode, multi_crop
 
 
@@ -127,11 +126,9 @@ class DINO(nn.Module):
         self.center.mul_(self.center_momentum).add_(batch.to(self.center.dtype), alpha=1 - self.center_momentum)
 
     def momentum(self, progress: float) -> float:
-        return 1 - (1 - self.base_momentum) * (math.cos(math.pi * progress) + 1) / 2
+        return cosine_momentum(self.base_momentum, progress)
 
     @torch.no_grad()
     def after_step(self, progress: float) -> None:
-        m = self.momentum(progress)
         student = list(self.backbone.parameters()) + list(self.head.parameters())
-        torch._foreach_mul_(self._teacher_params(), m)
-        torch._foreach_add_(self._teacher_params(), student, alpha=1 - m)
+        ema_(self._teacher_params(), student, self.momentum(progress))

@@ -1,6 +1,8 @@
 """Projection and prediction heads, and cross-rank gathering for contrastive losses."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -50,6 +52,18 @@ def gather(x: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, x.contiguous(), group=aux_group())
     return torch.cat(parts, 0)
+
+
+def cosine_momentum(base: float, progress: float) -> float:
+    """An EMA momentum raised from `base` to 1 on a cosine schedule (BYOL's, DINO's teacher)."""
+    return 1 - (1 - base) * (math.cos(math.pi * progress) + 1) / 2
+
+
+@torch.no_grad()
+def ema_(targets, online, m: float) -> None:
+    """targets <- m targets + (1 - m) online, parameter by parameter (momentum encoders)."""
+    torch._foreach_mul_(targets, m)
+    torch._foreach_add_(targets, online, alpha=1 - m)
 
 
 def rank_and_world():

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .heads import gather, wide
+from .heads import ema_, gather, wide
 
 
 def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -105,7 +105,5 @@ class MoCo(nn.Module):
 
     @torch.no_grad()
     def after_step(self, progress: float) -> None:
-        m = self.momentum
         online = list(self.backbone.parameters()) + list(self.projector.parameters())
-        torch._foreach_mul_(self._key_params(), m)
-        torch._foreach_add_(self._key_params(), online, alpha=1 - m)
+        ema_(self._key_params(), online, self.momentum)
