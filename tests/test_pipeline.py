@@ -14,6 +14,7 @@ from simcore.cli import main
 from simcore.pipeline import STAGES, Run, RunConfig, fingerprint, run
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+DEFAULT = [s for s in STAGES if s != "whiten"]  # the stages a run without --whiten runs
 
 
 def _images(root, classes, per_class, seed, size=16):
@@ -60,8 +61,8 @@ def ran(lines):
 def test_full_run_writes_every_stage_and_a_rerun_skips_all(data, tmp_path):
     cfg = config(data, tmp_path / "run")
     manifest, lines = quiet(cfg)
-    assert ran(lines) == list(STAGES)
-    assert all(manifest["stages"][s]["status"] == "done" for s in STAGES)
+    assert ran(lines) == DEFAULT
+    assert all(manifest["stages"][s]["status"] == "done" for s in DEFAULT)
     for rec in manifest["stages"].values():
         for p in rec["outputs"]:
             assert os.path.exists(tmp_path / "run" / p), p
@@ -214,7 +215,7 @@ def test_kill_9_then_rerun_completes(data, tmp_path):
     rerun = subprocess.run(args, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     m = json.load(open(out / "manifest.json"))
-    assert all(m["stages"][s]["status"] == "done" for s in STAGES if s != "baseline")
+    assert all(m["stages"][s]["status"] == "done" for s in DEFAULT if s != "baseline")
     assert "[pretrain] up to date (skipped)" in rerun.stdout and "[retrain] resuming" in rerun.stdout
     after = open(out / "retrain" / "metrics.csv").read().splitlines()
     rows = [r.split(",")[0] for r in after[1:]]
@@ -349,7 +350,7 @@ def test_another_retrieval_encoder_keys_on_its_weights(data, tmp_path):
     shutil.copy(tmp_path / "a" / "pretrain" / "checkpoint.pt", enc)
     cfg = config(data, tmp_path / "b", retrieval_encoder=str(enc), retrieval_size=24)
     manifest, lines = quiet(cfg)
-    assert ran(lines) == list(STAGES)
+    assert ran(lines) == DEFAULT
     assert manifest["stages"]["extract"]["encoder_size"] == 24
     a = np.load(tmp_path / "a" / "features" / "openset_0.npy")
     b = np.load(tmp_path / "b" / "features" / "openset_0.npy")
@@ -365,3 +366,58 @@ def test_another_retrieval_encoder_keys_on_its_weights(data, tmp_path):
     assert "pretrain" not in ran(lines) and ran(lines)[0] == "extract"
     _, lines = quiet(config(data, tmp_path / "b", retrieval_size=24))  # back to the X encoder
     assert ran(lines)[0] == "extract"
+
+
+def test_whiten_stage_selects_on_whitened_features_and_keys_only_when_on(data, tmp_path):
+    """--whiten D: a whiten stage between extract and centroids (fitted on U's features);
+    centroids, selection and report read the whitened rows. Turning it on re-runs from
+    whiten; turning it off again gives back the raw run's keys and coreset."""
+    from simcore.whiten import Whitening
+    from simcore_ext import select_coreset
+    out = tmp_path / "run"
+    raw, _ = quiet(config(data, out))
+    manifest, lines = quiet(config(data, out, whiten=6))
+    assert ran(lines)[:3] == ["whiten", "centroids", "select"]
+    assert "pretrain" not in ran(lines) and "extract" not in ran(lines)
+    w = Whitening.load(str(out / "whitened" / "whitening.npz"))
+    assert w.dim == 6 and w.rows == 40
+    X, U = np.load(out / "features" / "target.npy"), np.load(out / "features" / "openset_0.npy")
+    np.testing.assert_array_equal(np.load(out / "whitened" / "target.npy"), w.apply(X).astype(X.dtype))
+    np.testing.assert_array_equal(np.load(out / "whitened" / "openset_0.npy"), w.apply(U).astype(U.dtype))
+    assert np.load(out / "centroids" / "centroids.npy").shape == (4, 6)
+    C = np.load(out / "centroids" / "centroids.npy")
+    want = select_coreset(None, [str(out / "whitened" / "openset_0.npy")], centroids=C, budget=8, tau=None,
+                          seed=0, progress=False)
+    from simcore_ext import CoresetResult
+    np.testing.assert_array_equal(CoresetResult.load(str(out / "select" / "coreset.npz")).indices, want.indices)
+    assert "PCA-whitened to 6 dimensions" in open(out / "report" / "report.md").read()
+    manifest2, lines = quiet(config(data, out, whiten=6))
+    assert ran(lines) == []
+    back, lines = quiet(config(data, out))
+    assert not os.path.exists(out / "whitened") and "whiten" not in back["stages"]
+    for stage in ("centroids", "select"):
+        assert back["stages"][stage]["key"] == raw["stages"][stage]["key"]
+
+
+def test_whiten_too_wide_is_a_one_line_error(data, tmp_path, capsys):
+    code = main(["run", "--target", str(data / "train"), "--openset", str(data / "openset"),
+                 "--out", str(tmp_path / "run"), "--arch", "resnet18-w0.125", "--epochs", "1",
+                 "--batch-size", "16", "--image-size", "16", "--k", "4", "--budget", "8", "--whiten", "40",
+                 "--cache-dir", str(data / "cache"), "--quiet"])
+    assert code == 2
+    assert "needs more than 40 open-set rows" in capsys.readouterr().err
+    assert main(["run", "--target", str(data / "train"), "--openset", str(data / "openset"),
+                 "--out", str(tmp_path / "run2"), "--whiten", "-1"]) == 2
+    assert "whiten" in capsys.readouterr().err
+
+
+def test_retrieval_amp_keys_extraction_only_when_on(data, tmp_path):
+    def params(stage, **kw):
+        r = Run(config(data, tmp_path / "run", **kw), progress=False)
+        r.fingerprints = dict(target="x", openset=["u"])
+        return r._spec(stage)["params"]
+    assert "amp" not in params("extract")  # the keys of runs from before
+    assert params("extract", retrieval_amp="bf16")["amp"] == "bf16"
+    assert params("whiten", whiten=8) == {"dim": 8}
+    with pytest.raises(ValueError, match="retrieval_amp must be off, bf16 or auto"):
+        config(data, tmp_path / "run", retrieval_amp="fp16").check()

@@ -22,6 +22,7 @@ def _run(tmp_path, target, centroids, openset):
         (tmp_path / "features" / f"{name}.paths.txt").write_text("".join(p + "\n" for p in paths))
     return SimpleNamespace(
         cfg=SimpleNamespace(openset=["u"]), path=lambda *parts: os.path.join(str(tmp_path), *parts),
+        features=lambda: "features",
         openset_paths=lambda: (tmp_path / "features" / "openset_0.paths.txt").read_text().splitlines())
 
 

@@ -239,6 +239,8 @@ def test_resample_0_is_the_run_of_before_and_the_key_follows_resample(data, tmp_
     assert set(params("report", resample=0)) == {"groups", "plots"}
     assert params("retrain", resample=1)["resample"] == 1 and params("report", resample=1)["resample"] == 1
     assert params("retrain", resample=1, budget=6) != params("retrain", resample=1)  # its selections' settings
+    assert params("retrain", resample=1, whiten=4)["whiten"] == 4 and "whiten" not in params("retrain", resample=1)
+    assert params("retrain", resample=0, whiten=4) == params("pretrain", resample=0)  # no re-selection to whiten
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -271,3 +273,28 @@ def test_too_many_resamples_for_the_steps_that_ran(data, tmp_path):
     with pytest.raises(ValueError, match="retraining runs 2 optimizer steps .* give at most 1"):
         quiet(cfg)
     assert not os.path.exists(tmp_path / "run" / "retrain" / "checkpoint.pt")
+
+
+def test_resampling_with_whitening_fits_each_encoder_anew(data, tmp_path):
+    """--resample with --whiten: every re-selection whitens its encoder's own features
+    (fitted anew) and selects on them; the whitened copies are deleted with the features;
+    the whitening enters the retraining key."""
+    import simcore.whiten as whiten_mod
+    fits, real = [], whiten_mod.fit_whitening
+
+    def spy(arrays, dim, **kw):
+        w = real(arrays, dim, **kw)
+        fits.append((list(arrays), w))
+        return w
+
+    whiten_mod.fit_whitening = spy
+    try:
+        manifest, lines = quiet(rcfg(data, tmp_path / "run", resample=1, whiten=5))
+    finally:
+        whiten_mod.fit_whitening = real
+    assert [os.path.relpath(a[0], tmp_path / "run") for a, _ in fits] == [
+        os.path.join("features", "openset_0.npy"), os.path.join("retrain", "resample_1", "features", "openset_0.npy")]
+    assert not fits[0][1].mean.tolist() == fits[1][1].mean.tolist()  # another encoder, another fit
+    folder = tmp_path / "run" / "retrain" / "resample_1"
+    assert not os.path.exists(folder / "features") and not os.path.exists(folder / "whitened")
+    assert manifest["stages"]["retrain"]["resampled"][0]["items"] == 8

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+import shutil
 import sys
 
 import numpy as np
@@ -89,15 +90,38 @@ def cmd_select(args) -> int:
             raise FileNotFoundError(f"no such file: {p}")
     from .pipeline import check_out_folder
     check_out_folder(args.out)  # before the selection, which may take minutes
+    if args.whiten:
+        from .whiten import check_dim
+        check_dim(args.whiten)
+        if args.centroids:
+            raise ValueError("--whiten needs --target-features: explicit centroids live in the raw feature space")
     target = _load_npy(args.target_features, "--target-features", mmap_mode="r") if args.target_features else None
     centroids = _load_npy(args.centroids, "--centroids") if args.centroids else None
-    r = select_coreset(target, args.openset_features, k=args.k, centroids=centroids, budget=args.budget,
-                       tau=args.tau, patience=args.patience, metric=args.metric, device=args.device,
-                       chunk_size=args.chunk_size, seed=args.seed, progress=not args.quiet)
+    openset = args.openset_features
+    if args.whiten:
+        from .whiten import fit_whitening, whiten_file
+        for path in openset:  # one-line errors for unreadable files
+            _load_npy(path, "--openset-features", mmap_mode="r")
+        w = fit_whitening(openset, args.whiten, progress=not args.quiet)
     os.makedirs(args.out, exist_ok=True)
+    tmp = None
+    try:
+        if args.whiten:  # whitened copies of U, streamed, in a folder of OUT removed afterwards
+            tmp = os.path.join(args.out, f".tmp-{os.getpid()}-whitened")
+            os.makedirs(tmp)
+            openset = [whiten_file(p, os.path.join(tmp, f"openset_{i}.npy"), w) for i, p in enumerate(openset)]
+            target = w.apply(target)
+        r = select_coreset(target, openset, k=args.k, centroids=centroids, budget=args.budget,
+                           tau=args.tau, patience=args.patience, metric=args.metric, device=args.device,
+                           chunk_size=args.chunk_size, seed=args.seed, progress=not args.quiet)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if args.whiten:
+        w.save(os.path.join(args.out, "whitening.npz"))
     r.save(os.path.join(args.out, "coreset.npz"))
     summary = dict(items=len(r), rounds=r.rounds, stop_reason=r.stop_reason, threshold=r.threshold,
-                   params=r.params, stats=r.stats)
+                   params=r.params, stats=r.stats, **({"whiten": args.whiten} if args.whiten else {}))
     atomic_write(os.path.join(args.out, "selection.json"), lambda f: json.dump(summary, f, indent=2),
                  binary=False)
     print(f"selected {len(r)} items in {r.rounds} rounds ({r.stop_reason}) in {r.stats['seconds']:.2f} s "
@@ -142,7 +166,7 @@ def cmd_extract(args) -> int:
     encoder = load_encoder(f"checkpoint:{args.checkpoint}" if args.checkpoint else args.encoder, args.size, device=device)
     out = extract(encoder, args.data, args.out, dtype=args.dtype, batch_size=args.batch_size,
                   device=args.device, cache_dir=args.cache_dir, skip_bad=args.skip_bad_images,
-                  progress=not args.quiet, workers=args.workers)
+                  progress=not args.quiet, workers=args.workers, amp=args.amp)
     print(f"features -> {out}")
     return 0
 
@@ -261,7 +285,7 @@ def cmd_run(args) -> int:
                     device=args.device, amp=args.amp, workers=args.workers, cache_dir=args.cache_dir,
                     skip_bad_images=args.skip_bad_images, method_options=options,
                     retrieval_encoder=args.retrieval_encoder, retrieval_size=args.retrieval_size,
-                    resample=args.resample)
+                    resample=args.resample, whiten=args.whiten, retrieval_amp=args.retrieval_amp)
     run(cfg, from_stage=args.from_stage, progress=not args.quiet)
     return 0
 
@@ -324,13 +348,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--retrieval-encoder", default="pretrain", metavar="SPEC",
                    help="the encoder whose features select: pretrain (SSL on X, the paper's), a simcore "
                    "checkpoint (PATH.pt), torchvision:NAME[:WEIGHTS|FILE] (e.g. torchvision:resnet50) or "
-                   "efficientnet-lite0 (offline, the [pretrained] extra); retraining is the same for all")
+                   "efficientnet-lite0|1|2 (offline, the [pretrained] extra); retraining is the same for all")
     r.add_argument("--retrieval-size", type=int, default=None, metavar="PX",
                    help="the retrieval encoder's input size (default: its own; pretrain: --image-size)")
     r.add_argument("--resample", type=int, default=0, metavar="N",
                    help="re-select the coreset N times during retraining with the retraining encoder as it "
                    "is then (the released code's --sampling_times N+1): N+1 equal segments of its steps, "
                    "each after the first on a new coreset; 0: one selection, the paper's")
+    r.add_argument("--retrieval-amp", choices=["off", "bf16", "auto"], default="off",
+                   help="extract the retrieval features under bfloat16 autocast (channels-last): ~2x faster "
+                   "on CPUs with AVX512-BF16/AMX; auto: where the hardware has native bf16; off: float32")
+    r.add_argument("--whiten", type=int, default=0, metavar="D",
+                   help="PCA-whiten the retrieval features to D dimensions, fitted on the open-set's, before "
+                   "k-means and selection (helps pooled ImageNet features: see simcore.whiten); 0: raw, the paper's")
     r.add_argument("--linear-epochs", type=int, default=100)
     r.add_argument("--finetune", type=finite, nargs="+", default=[], metavar="FRACTION",
                    help="also fine-tune every encoder (whole network, new linear head) on these shares of X's "
@@ -387,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     enc = e.add_mutually_exclusive_group(required=True)
     enc.add_argument("--checkpoint", help="a pretrain run's checkpoint.pt")
     enc.add_argument("--encoder", metavar="SPEC", help="or another encoder: a simcore checkpoint, "
-                     "torchvision:NAME[:WEIGHTS|FILE] or efficientnet-lite0")
+                     "torchvision:NAME[:WEIGHTS|FILE] or efficientnet-lite0|1|2")
     e.add_argument("--size", type=int, default=None, metavar="PX",
                    help="input size (default: the checkpoint's training size; 224 for ImageNet models)")
     e.add_argument("--data", required=True, help="an ImageFolder tree, a .txt list of image paths, or "
@@ -395,6 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, metavar="FEATS.npy",
                    help="output; FEATS.paths.txt maps rows to images; reruns resume")
     e.add_argument("--dtype", choices=["float16", "float32"], default="float16")
+    e.add_argument("--amp", choices=["off", "bf16", "auto"], default="off",
+                   help="run the encoder under bfloat16 autocast (channels-last): ~2x faster on CPUs with "
+                   "AVX512-BF16/AMX; auto: where the hardware has native bf16")
     e.add_argument("--batch-size", type=int, default=512)
     e.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA if available)")
     e.add_argument("--skip-bad-images", action="store_true")
@@ -450,6 +483,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA if available)")
     s.add_argument("--chunk-size", type=int, default=None, help="open-set rows per streamed chunk")
     s.add_argument("--seed", type=int, default=0, help="k-means seed")
+    s.add_argument("--whiten", type=int, default=0, metavar="D",
+                   help="PCA-whiten X and U to D dimensions (fitted on U; with --target-features) before "
+                   "selecting; OUT/whitening.npz keeps the transform; 0: raw features")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_select)
     return p

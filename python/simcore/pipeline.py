@@ -2,6 +2,9 @@
 
     pretrain   SSL encoder on the target X alone           RUN/pretrain/checkpoint.pt
     extract    features of X and of every open-set part    RUN/features/*.npy (+ .paths.txt)
+    whiten     (--whiten D) PCA whitening fitted on U's     RUN/whitened/*.npy, whitening.npz
+               features; X and U whitened, what the
+               centroids, selection and report then read
     centroids  k-means of X's features                     RUN/centroids/centroids.npy
     select     the SimCore coreset (select_coreset)        RUN/select/coreset.npz, coreset.txt
     retrain    a fresh encoder on X + coreset              RUN/retrain/checkpoint.pt
@@ -54,8 +57,8 @@ import torch
 from . import plots
 from .data import file_stamp, list_items, parse_spec
 
-STAGES = ("pretrain", "extract", "centroids", "select", "retrain", "baseline", "eval", "report")
-STAGE_FOLDERS = {s: ("features" if s == "extract" else s) for s in STAGES}
+STAGES = ("pretrain", "extract", "whiten", "centroids", "select", "retrain", "baseline", "eval", "report")
+STAGE_FOLDERS = {s: {"extract": "features", "whiten": "whitened"}.get(s, s) for s in STAGES}
 FORMAT = "simcore.run/1"
 SELF_VALIDATING = ("eval",)  # keeps one result file per encoder, each valid for its checkpoint
 
@@ -97,9 +100,13 @@ class RunConfig:
     # stage) or any simcore.encoders spec; retraining is the same whatever selects
     retrieval_encoder: str = "pretrain"
     retrieval_size: Optional[int] = None  # its input size (default: its own; pretrain: image_size)
+    retrieval_amp: str = "off"  # extraction under bf16 autocast: "bf16", "auto" or "off" (float32)
     # re-select the coreset this many times during retraining, with the retraining encoder
     # (the released code's --sampling_times minus one); 0: the paper's single selection
     resample: int = 0
+    # PCA-whiten the retrieval features to this many dimensions, fitted on the open-set's
+    # (simcore.whiten); 0: the paper's raw features
+    whiten: int = 0
 
     def train_config(self, data: List[str], out: str, steps: Optional[int] = None,
                      warmup_steps: Optional[int] = None):
@@ -128,6 +135,9 @@ class RunConfig:
         check_int(self.linear_epochs, "linear_epochs", 1)
         check_int(self.finetune_epochs, "finetune_epochs", 1)
         check_int(self.resample, "resample", 0)
+        check_int(self.whiten, "whiten", 0)
+        if self.retrieval_amp not in ("off", "bf16", "auto"):
+            raise ValueError(f"retrieval_amp must be off, bf16 or auto, got {self.retrieval_amp!r}")
         for f in self.finetune:
             if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
                 raise ValueError(f"--finetune label fractions must be in (0, 1], got {f!r}")
@@ -365,15 +375,20 @@ class Run:
                      **({"optimizer": c.optimizer} if c.optimizer != "sgd" else {}),
                      **({"weight_decay": c.weight_decay} if c.weight_decay != 5e-4 else {}))
         resample = (dict(resample=c.resample, k=c.k, budget=c.budget, tau=c.tau, patience=c.patience,
-                         dtype=c.feature_dtype, size=self.resample_size()) if c.resample else {})
+                         dtype=c.feature_dtype, size=self.resample_size(),
+                         **({"whiten": c.whiten} if c.whiten else {}),
+                         **({"amp": c.retrieval_amp} if c.retrieval_amp != "off" else {})) if c.resample else {})
         specs = {
             "pretrain": (train, dict(target=self.fingerprints["target"]), []),
             # a foreign encoder keys on its weights' hash; the X encoder on the pretrain stage
-            "extract": (dict(dtype=c.feature_dtype, skip_bad_images=c.skip_bad_images, encoder=self.encoder_identity()),
+            "extract": (dict(dtype=c.feature_dtype, skip_bad_images=c.skip_bad_images, encoder=self.encoder_identity(),
+                             **({"amp": c.retrieval_amp} if c.retrieval_amp != "off" else {})),
                         dict(target=self.fingerprints["target"], openset=self.fingerprints["openset"]),
                         ["pretrain"] if c.retrieval_encoder == "pretrain" else []),
-            "centroids": (dict(k=c.k, seed=c.seed), {}, ["extract"]),
-            "select": (dict(budget=c.budget, tau=c.tau, patience=c.patience), {}, ["extract", "centroids"]),
+            "whiten": (dict(dim=c.whiten), {}, ["extract"]),
+            # "whiten" is upstream only when enabled: runs without it keep their keys
+            "centroids": (dict(k=c.k, seed=c.seed), {}, ["extract", "whiten"]),
+            "select": (dict(budget=c.budget, tau=c.tau, patience=c.patience), {}, ["extract", "whiten", "centroids"]),
             # the coreset's stamp is its list of paths: the images' content comes in here; with
             # --resample, the settings of its re-selections too (keyed only then, as above)
             "retrain": (dict(train, **resample), dict(target=self.fingerprints["target"],
@@ -411,6 +426,8 @@ class Run:
         return self.cfg.retrieval_size if self.cfg.retrieval_encoder == "pretrain" else None
 
     def enabled(self, stage: str) -> bool:
+        if stage == "whiten":
+            return self.cfg.whiten > 0
         if stage == "baseline":
             return self.cfg.compare_random
         if stage == "eval":
@@ -522,6 +539,37 @@ class Run:
         return dict(outputs=outs + [o[:-4] + ".paths.txt" for o in outs], rows=rows,
                     encoder=c.retrieval_encoder, encoder_size=encoder.size, dim=encoder.dim)
 
+    def features(self) -> str:
+        """The folder of the features that select: whitened (--whiten) or as extracted."""
+        return "whitened" if self.cfg.whiten else "features"
+
+    def stage_whiten(self) -> dict:
+        from .whiten import Whitening
+        outs = self.whiten_into("features", "whitened")
+        w = Whitening.load(self.path("whitened", "whitening.npz"))
+        self.log(f"[whiten] {w.mean.shape[0]} -> {w.dim} dimensions, fitted on {w.rows} open-set rows")
+        return dict(outputs=outs, dim=self.cfg.whiten)
+
+    def whiten_into(self, src: str, dst: str) -> List[str]:
+        """PCA whitening fitted on the open-set features in `src` (the run's --whiten
+        dimensions); X and every open-set part whitened into `dst`, with their path lists."""
+        from .whiten import fit_whitening, whiten_file, Whitening
+        parts = ["target"] + [f"openset_{i}" for i in range(len(self.cfg.openset))]
+        fitted = self.path(dst, "whitening.npz")
+        os.makedirs(self.path(dst), exist_ok=True)
+        if os.path.exists(fitted):  # an interrupted attempt's: the fit is the slow part on a large U
+            w = Whitening.load(fitted)
+        else:
+            w = fit_whitening([self.path(src, f"{p}.npy") for p in parts[1:]], self.cfg.whiten,
+                              progress=self.progress)
+            w.save(fitted)
+        outs = [f"{dst}/whitening.npz"]
+        for p in parts:
+            whiten_file(self.path(src, f"{p}.npy"), self.path(dst, f"{p}.npy"), w)
+            shutil.copyfile(self.path(src, f"{p}.paths.txt"), self.path(dst, f"{p}.paths.txt"))
+            outs += [f"{dst}/{p}.npy", f"{dst}/{p}.paths.txt"]
+        return outs
+
     def device(self) -> str:
         return self.cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -534,7 +582,7 @@ class Run:
             if not os.path.exists(self.path(out)):
                 extract(encoder, spec, self.path(out), dtype=self.cfg.feature_dtype, device=self.cfg.device,
                         cache_dir=self.cfg.cache_dir, skip_bad=self.cfg.skip_bad_images,
-                        progress=self.progress, workers=self.cfg.workers)
+                        progress=self.progress, workers=self.cfg.workers, amp=self.cfg.retrieval_amp)
         return outs
 
     def centroids_of(self, folder: str) -> torch.Tensor:
@@ -548,7 +596,7 @@ class Run:
 
     def stage_centroids(self) -> dict:
         from simcore_ext.result import atomic_write
-        C = self.centroids_of("features")
+        C = self.centroids_of(self.features())
         atomic_write(self.path("centroids", "centroids.npy"), lambda f: np.save(f, C.numpy()))
         return dict(outputs=["centroids/centroids.npy"], k=int(C.shape[0]))
 
@@ -582,7 +630,7 @@ class Run:
                        threshold=r.threshold, select_seconds=r.stats["seconds"], device=r.params.get("device"))
 
     def stage_select(self) -> dict:
-        r, summary = self.select_into("features", np.load(self.path("centroids", "centroids.npy")), "select")
+        r, summary = self.select_into(self.features(), np.load(self.path("centroids", "centroids.npy")), "select")
         _write_json(summary, self.path("select", "selection.json"))
         self.log(f"[select] {len(r)} of {summary['openset']} open-set images in {r.rounds} rounds "
                  f"({r.stop_reason}), {r.stats['seconds']:.2f} s")
@@ -631,7 +679,11 @@ class Run:
             self.log(f"[retrain] re-selection {i} of {of}: the encoder at step {step} extracts X and U")
             encoder = load_encoder(self.path("retrain", "checkpoint.pt"), self.resample_size(), device=self.device())
             self.extract_into(encoder, f"{folder}/features")
-            r, summary = self.select_into(f"{folder}/features", self.centroids_of(f"{folder}/features"), folder)
+            feats = f"{folder}/features"
+            if self.cfg.whiten:  # fitted anew on this encoder's features
+                self.whiten_into(feats, f"{folder}/whitened")
+                feats = f"{folder}/whitened"
+            r, summary = self.select_into(feats, self.centroids_of(feats), folder)
             before = CoresetResult.load(self.path("select" if i == 1 else f"retrain/resample_{i - 1}",
                                                   "coreset.npz")).indices
             kept = len(set(before.tolist()) & set(r.indices.tolist()))
@@ -640,8 +692,9 @@ class Run:
             self.log(f"[retrain] re-selection {i} of {of} at step {step}: {len(r)} of {summary['openset']} "
                      f"open-set images in {r.rounds} rounds ({r.stop_reason}); {kept} of the previous "
                      f"{len(before)} kept ({100 * summary['overlap_fraction']:.1f}%)")
-        if os.path.exists(self.path(folder, "features")):
-            shutil.rmtree(self.path(folder, "features"))  # as large as the open-set's; the coreset stays
+        for sub in ("features", "whitened"):
+            if os.path.exists(self.path(folder, sub)):
+                shutil.rmtree(self.path(folder, sub))  # as large as the open-set's; the coreset stays
         with open(done) as f:
             return json.load(f)
 

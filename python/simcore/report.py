@@ -24,7 +24,7 @@ def openset_labels(run) -> Optional[np.ndarray]:
         kind, name, _ = parse_spec(spec)
         if kind == "torchvision":
             return None
-        with open(run.path("features", f"openset_{i}.paths.txt")) as f:
+        with open(run.path(run.features(), f"openset_{i}.paths.txt")) as f:
             paths = [line.rstrip("\n") for line in f]
         if kind == "folder":
             labels += [os.path.relpath(p, name).split(os.sep)[0] for p in paths]
@@ -57,8 +57,8 @@ def reference_selections(run, size: int) -> Dict[str, np.ndarray]:
     SimCore read: where they beat SimCore, the selection left separable items behind; where
     they do no better, the encoder does not separate the target."""
     from .samplers import nearest_to_mean, nearest_to_target
-    X = np.load(run.path("features", "target.npy"))
-    shards = [run.path("features", f"openset_{i}.npy") for i in range(len(run.cfg.openset))]
+    X = np.load(run.path(run.features(), "target.npy"))
+    shards = [run.path(run.features(), f"openset_{i}.npy") for i in range(len(run.cfg.openset))]
     return {"nearest to X": nearest_to_target(X, shards, size), "nearest to mean": nearest_to_mean(X, shards, size)}
 
 
@@ -98,12 +98,12 @@ def top_images(run, indices: np.ndarray, centroids: int = 8, per_row: int = 7) -
     """For `centroids` centroids (those nearest to the most coreset items): the target
     image nearest to it, then its `per_row` nearest images of the whole coreset."""
     paths = run.openset_paths()
-    tgt_paths = open(run.path("features", "target.paths.txt")).read().splitlines()
+    tgt_paths = open(run.path(run.features(), "target.paths.txt")).read().splitlines()
     if not (paths and os.path.isfile(paths[0]) and os.path.isfile(tgt_paths[0])) or indices.size == 0:
         return None
     C = torch.from_numpy(np.load(run.path("centroids", "centroids.npy"))).float()
     U = _rows(run, indices)
-    X = F.normalize(torch.from_numpy(np.load(run.path("features", "target.npy")).astype(np.float32)), dim=1)
+    X = F.normalize(torch.from_numpy(np.load(run.path(run.features(), "target.npy")).astype(np.float32)), dim=1)
     sim = F.normalize(U, dim=1) @ C.T  # [B, k]
     counts = torch.bincount(sim.argmax(1), minlength=C.shape[0])
     busiest = [c for c in counts.argsort(descending=True)[:centroids].tolist() if counts[c] > 0]
@@ -121,7 +121,7 @@ def _rows(run, indices: np.ndarray) -> torch.Tensor:
     out, start = [], 0
     order = np.argsort(indices)
     for i in range(len(run.cfg.openset)):
-        shard = np.load(run.path("features", f"openset_{i}.npy"), mmap_mode="r")
+        shard = np.load(run.path(run.features(), f"openset_{i}.npy"), mmap_mode="r")
         sel = indices[order][(indices[order] >= start) & (indices[order] < start + shard.shape[0])]
         out.append(np.asarray(shard[sel - start], dtype=np.float32))
         start += shard.shape[0]
@@ -139,7 +139,8 @@ def _retrieval(run) -> str:
     rec = run.stage_record("extract")
     spec = run.cfg.retrieval_encoder
     what = "the pretrain stage's encoder (SSL on X)" if spec == "pretrain" else f"`{spec}`"
-    return f"{what} at {rec.get('encoder_size', '?')} px, {rec.get('dim', '?')}-d features"
+    white = f", PCA-whitened to {run.cfg.whiten} dimensions (fitted on the open-set)" if run.cfg.whiten else ""
+    return f"{what} at {rec.get('encoder_size', '?')} px, {rec.get('dim', '?')}-d features{white}"
 
 
 def _resampled(run) -> List[str]:
