@@ -85,8 +85,17 @@ def test_extract_bf16_is_close_and_a_partial_of_another_amp_is_not_resumed(run, 
     monkeypatch.setattr(extract_mod, "_write_json_atomic", die_after_first_chunk)
     with pytest.raises(KeyboardInterrupt):
         extract(ckpt, data, str(tmp_path / "f.npy"), **kw)
+    monkeypatch.setattr(extract_mod, "_write_json_atomic", die_after_first_chunk)
+    with pytest.raises(KeyboardInterrupt):  # and the other way round: a bf16 partial
+        extract(ckpt, data, str(tmp_path / "h.npy"), amp="bf16", **kw)
     monkeypatch.setattr(extract_mod, "_write_json_atomic", real)
-    np.testing.assert_array_equal(np.load(extract(ckpt, data, str(tmp_path / "f.npy"), amp="bf16", **kw)), half)
+    np.testing.assert_array_equal(np.load(extract(ckpt, data, str(tmp_path / "h.npy"), **kw)), full)
+    # the caller's encoder is left as it was (float32 extraction after a bf16 one is float32's)
+    from simcore.encoders import load_encoder
+    enc = load_encoder(ckpt)
+    extract(enc, data, str(tmp_path / "i.npy"), amp="bf16", **kw)
+    assert all(p.is_contiguous() for p in enc.module.parameters())
+    np.testing.assert_array_equal(np.load(extract(enc, data, str(tmp_path / "j.npy"), **kw)), full)
     with pytest.raises(ValueError, match="amp must be off, bf16 or auto"):
         extract(ckpt, data, str(tmp_path / "g.npy"), amp="fp8", **kw)
 

@@ -131,6 +131,32 @@ def test_cli_select_whiten_equals_the_api_on_whitened_features(tmp_path, capsys)
     del rng
 
 
+def test_cli_select_whiten_cleans_up_after_killed_runs_and_raw_reruns(tmp_path):
+    X = _correlated(30, 8, 10).astype(np.float32)
+    U = _correlated(200, 8, 11).astype(np.float32)
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "U.npy", U)
+    out = tmp_path / "out"
+    dead = subprocess_pid_that_ended()
+    os.makedirs(out / f".tmp-{dead}-whitened")
+    (out / f".tmp-{dead}-whitened" / "openset_0.npy").write_bytes(b"left by a killed run")
+    os.makedirs(out / f".tmp-{os.getpid()}0-keep")  # not ours to judge: another name
+    args = ["select", "--target-features", str(tmp_path / "X.npy"), "--openset-features", str(tmp_path / "U.npy"),
+            "--out", str(out), "--k", "3", "--budget", "10", "--tau", "none", "--quiet"]
+    assert main(args + ["--whiten", "4"]) == 0
+    assert sorted(os.listdir(out)) == [f".tmp-{os.getpid()}0-keep", "coreset.npz", "selection.json", "whitening.npz"]
+    assert main(args) == 0  # raw features now: the transform of before no longer describes the coreset
+    assert "whitening.npz" not in os.listdir(out)
+
+
+def subprocess_pid_that_ended() -> int:
+    import subprocess
+    import sys
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
 def test_cli_select_whiten_errors(tmp_path, capsys):
     np.save(tmp_path / "U.npy", np.ones((10, 4), np.float32))
     np.save(tmp_path / "C.npy", np.ones((2, 4), np.float32))
@@ -141,6 +167,12 @@ def test_cli_select_whiten_errors(tmp_path, capsys):
     assert main(["select", "--target-features", str(tmp_path / "X.npy"), "--openset-features",
                  str(tmp_path / "U.npy"), "--out", str(tmp_path / "o2"), "--whiten", "8", "--quiet"]) != 0
     assert "larger than the features' 4" in capsys.readouterr().err
+    np.save(tmp_path / "U2.npy", np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32))
+    np.save(tmp_path / "X5.npy", np.ones((3, 5), np.float32))
+    assert main(["select", "--target-features", str(tmp_path / "X5.npy"), "--openset-features",
+                 str(tmp_path / "U2.npy"), "--out", str(tmp_path / "o3"), "--whiten", "2", "--quiet"]) != 0
+    assert "the open-set's features are 4 wide" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "o3")  # refused before anything was written
 
 
 def test_retrieval_precision_benchmark_whitens(tmp_path):

@@ -103,7 +103,11 @@ def cmd_select(args) -> int:
         for path in openset:  # one-line errors for unreadable files
             _load_npy(path, "--openset-features", mmap_mode="r")
         w = fit_whitening(openset, args.whiten, progress=not args.quiet)
+        if target.ndim != 2 or target.shape[1] != w.mean.shape[0]:  # before writing anything
+            raise ValueError(f"--target-features {args.target_features}: shape {target.shape}, the open-set's "
+                             f"features are {w.mean.shape[0]} wide")
     os.makedirs(args.out, exist_ok=True)
+    _remove_dead_whitened(args.out)
     tmp = None
     try:
         if args.whiten:  # whitened copies of U, streamed, in a folder of OUT removed afterwards
@@ -119,6 +123,8 @@ def cmd_select(args) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
     if args.whiten:
         w.save(os.path.join(args.out, "whitening.npz"))
+    elif os.path.exists(os.path.join(args.out, "whitening.npz")):  # an earlier --whiten run's: not this coreset's
+        os.remove(os.path.join(args.out, "whitening.npz"))
     r.save(os.path.join(args.out, "coreset.npz"))
     summary = dict(items=len(r), rounds=r.rounds, stop_reason=r.stop_reason, threshold=r.threshold,
                    params=r.params, stats=r.stats, **({"whiten": args.whiten} if args.whiten else {}))
@@ -127,6 +133,20 @@ def cmd_select(args) -> int:
     print(f"selected {len(r)} items in {r.rounds} rounds ({r.stop_reason}) in {r.stats['seconds']:.2f} s "
           f"-> {os.path.join(args.out, 'coreset.npz')}")
     return 0
+
+
+def _remove_dead_whitened(out: str) -> None:
+    """Whitened copies a killed `simcore select --whiten` left in OUT (.tmp-PID-whitened),
+    when process PID is gone: they are as large as the open-set."""
+    for entry in os.scandir(out):
+        m = re.fullmatch(r"\.tmp-(\d+)-whitened", entry.name)
+        if m and entry.is_dir(follow_symlinks=False):
+            try:
+                os.kill(int(m.group(1)), 0)
+            except ProcessLookupError:
+                shutil.rmtree(entry.path, ignore_errors=True)
+            except OSError:  # alive, another user's
+                pass
 
 
 def _load_npy(path: str, flag: str, **kw) -> np.ndarray:
@@ -356,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "is then (the released code's --sampling_times N+1): N+1 equal segments of its steps, "
                    "each after the first on a new coreset; 0: one selection, the paper's")
     r.add_argument("--retrieval-amp", choices=["off", "bf16", "auto"], default="off",
-                   help="extract the retrieval features under bfloat16 autocast (channels-last): ~2x faster "
+                   help="extract the retrieval features under bfloat16 autocast (channels-last): 2-3.5x faster "
                    "on CPUs with AVX512-BF16/AMX; auto: where the hardware has native bf16; off: float32")
     r.add_argument("--whiten", type=int, default=0, metavar="D",
                    help="PCA-whiten the retrieval features to D dimensions, fitted on the open-set's, before "
@@ -426,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output; FEATS.paths.txt maps rows to images; reruns resume")
     e.add_argument("--dtype", choices=["float16", "float32"], default="float16")
     e.add_argument("--amp", choices=["off", "bf16", "auto"], default="off",
-                   help="run the encoder under bfloat16 autocast (channels-last): ~2x faster on CPUs with "
+                   help="run the encoder under bfloat16 autocast (channels-last): 2-3.5x faster on CPUs with "
                    "AVX512-BF16/AMX; auto: where the hardware has native bf16")
     e.add_argument("--batch-size", type=int, default=512)
     e.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA if available)")
