@@ -5,7 +5,7 @@ steps each, at several step counts: the regime search behind the demo's settings
     python benchmarks/demo_regime.py [--steps 150 300] [--seeds 0 1 2] [--extra 480]
 
 The world is the demo's (simcore.demo.DEMO_DATA, seed 0 unless --world-seed), the training
-the demo's (arch, batch, lr unless --lr; warm-up a tenth of the steps); --seeds are training seeds (the
+the demo's (arch, batch; lr and smallest crop unless --lr, --min-crop; warm-up a tenth of the steps); --seeds are training seeds (the
 oracle's images are drawn per seed). Linear probe and kNN on the world's test split, as the
 demo scores. Writes benchmarks/results/demo_regime.{json,md}."""
 from __future__ import annotations
@@ -24,6 +24,7 @@ from demo_seeds import target_class_files
 from simcore.demo import DEMO, DEMO_DATA
 from simcore.evaluate import knn, linear_probe
 from simcore.extract import FeatureSource, features_of, load_backbone
+from simcore.pipeline import RunConfig
 from simcore.synthetic import make_demo_data
 from simcore.train import TrainConfig, pretrain
 
@@ -37,7 +38,8 @@ def oracle_files(root: str, n: int, seed: int) -> list:
     return [files[i] for i in np.random.default_rng(seed).choice(len(files), n, replace=False)]
 
 
-def train_and_score(root: str, extra: list, steps: int, seed: int, out: str, sets, lr: float) -> dict:
+def train_and_score(root: str, extra: list, steps: int, seed: int, out: str, sets, lr: float,
+                    min_crop: float = RunConfig.min_crop) -> dict:
     data = [os.path.join(root, "target", "train")]
     os.makedirs(out, exist_ok=True)
     if extra:
@@ -47,7 +49,7 @@ def train_and_score(root: str, extra: list, steps: int, seed: int, out: str, set
     t0 = time.perf_counter()
     if not os.path.exists(os.path.join(out, "done")):
         cfg = TrainConfig(data=data, out=out, arch=DEMO["arch"], steps=steps, warmup_steps=max(1, steps // 10),
-                          batch_size=DEMO["batch_size"], lr=lr, seed=seed)
+                          batch_size=DEMO["batch_size"], lr=lr, min_crop=min_crop, seed=seed)
         pretrain(cfg.check(), resume=os.path.exists(os.path.join(out, "checkpoint.pt")), progress=False)
         open(os.path.join(out, "done"), "w").close()
     backbone, _ = load_backbone(os.path.join(out, "checkpoint.pt"), torch.device("cpu"))
@@ -64,6 +66,7 @@ def main():
     ap.add_argument("--extra", type=int, default=480, help="oracle images added to X")
     ap.add_argument("--world-seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=DEMO["lr"])
+    ap.add_argument("--min-crop", type=float, default=DEMO.get("min_crop", RunConfig.min_crop))
     ap.add_argument("--work-dir", default=os.path.expanduser("~/.cache/simcore/demo_regime"))
     ap.add_argument("--out", default=os.path.join(RESULTS, "demo_regime"), help="output prefix")
     args = ap.parse_args()
@@ -75,13 +78,15 @@ def main():
     for steps in args.steps:
         for name, n in (("X", 0), (f"X + oracle ({args.extra})", args.extra)):
             for seed in args.seeds:
-                out = os.path.join(args.work_dir, f"w{args.world_seed}_steps{steps}_extra{n}_lr{args.lr}_seed{seed}")
+                name_ = f"w{args.world_seed}_steps{steps}_extra{n}_lr{args.lr}_minc{args.min_crop}_seed{seed}"
+                out = os.path.join(args.work_dir, name_)
                 extra = oracle_files(root, n, seed) if n else []
-                r = train_and_score(root, extra, steps, seed, out, sets, args.lr)
+                r = train_and_score(root, extra, steps, seed, out, sets, args.lr, args.min_crop)
                 rows.setdefault(f"{steps}", {}).setdefault(name, {})[seed] = r
                 print(json.dumps(dict(steps=steps, row=name, seed=seed, **r)), flush=True)
     lines = [f"Demo world (seed {args.world_seed}: {DEMO_DATA}), X = {n_x} images; SimCLR {DEMO['arch']}, "
-             f"batch {DEMO['batch_size']}, lr {args.lr}; training seeds {args.seeds}; mean ± std.", "",
+             f"batch {DEMO['batch_size']}, lr {args.lr}, min crop {args.min_crop}; training seeds {args.seeds}; "
+             "mean ± std.", "",
              "| steps | X-epochs | pretraining data | linear top-1 | kNN k=20 | linear gain over X |", "|---|---|---|---|---|---|"]
     for steps, by_row in rows.items():
         x = [by_row["X"][s]["linear"] for s in args.seeds]

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import os
 import platform
+import shutil
 import statistics
 import time
 
@@ -48,6 +50,14 @@ def oracle(run: Run, seed: int) -> dict:
     with open(lst, "w") as f:
         f.writelines(p + "\n" for p in sorted(files))
     steps = run.stage_record("pretrain")
+    # trained under this very pretrain stage (settings, X) and oracle list, or trained anew
+    with open(lst, "rb") as f:
+        key = f"{steps['key']} {hashlib.sha1(f.read()).hexdigest()}"
+    key_file = out + ".key"
+    if not os.path.exists(key_file) or _read(key_file) != key:
+        shutil.rmtree(out, ignore_errors=True)
+        with open(key_file, "w") as f:
+            f.write(key)
     if not os.path.exists(os.path.join(out, "done")):
         pretrain(cfg.train_config([cfg.target, lst], out, steps["steps"], steps["warmup_steps"]),
                  resume=os.path.exists(os.path.join(out, "checkpoint.pt")), progress=False)
@@ -58,6 +68,11 @@ def oracle(run: Run, seed: int) -> dict:
     k = knn(ftr, sets[0].labels(), fte, sets[1].labels())
     lin = linear_probe(ftr, sets[0].labels(), fte, sets[1].labels(), epochs=cfg.linear_epochs, seed=cfg.seed)
     return dict(linear=lin["top1"], knn20=k[20], knn200=k[200], items=len(files))
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
 
 
 def fmt(values) -> str:
@@ -109,7 +124,13 @@ def main():
     ora = {m: statistics.mean(per_seed[s]["rows"]["X + oracle"][m] for s in args.seeds) - x[m] for m in METRICS}
     gains.append("share of the oracle's gain SimCore recovers: " + ", ".join(
         f"{m} {sim[m] / ora[m]:.2f}" if ora[m] > 0 else f"{m} - (the oracle gains nothing)" for m in METRICS))
-    lines += [""] + gains + [""]
+    lines += [""] + gains + ["", "Linear top-1 per seed (gain over X):", "",
+                             "| seed | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for s in args.seeds:
+        lin = {n: per_seed[s]["rows"][n]["linear"] for n in names}
+        lines.append(f"| {s} | " + " | ".join(f"{lin[n]:.1f}" + ("" if n == "X" else f" ({lin[n] - lin['X']:+.1f})")
+                                             for n in names) + " |")
+    lines += [""]
     for sampler in per_seed[args.seeds[0]]["composition"]:
         groups = per_seed[args.seeds[0]]["composition"][sampler]
         lines.append(f"- {sampler}: " + ", ".join(

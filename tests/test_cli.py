@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from simcore.cli import main
@@ -158,6 +159,37 @@ def test_multi_crop_and_mae_from_the_command_line(tmp_path, capsys):
     assert "optimizer" not in spec() and "weight_decay" not in spec()  # the keys of runs from before
     assert spec(optimizer="adamw", weight_decay=0.05)["optimizer"] == "adamw"
     assert spec(weight_decay=0.05)["weight_decay"] == 0.05
+
+
+def test_run_min_crop_reaches_both_trainings_and_keys_only_when_changed(tmp_path, monkeypatch):
+    """`simcore run --min-crop A`: the SSL views' smallest crop, for the X-only pretraining and
+    the retraining alike; keyed only when not the default, so runs from before keep their keys."""
+    from PIL import Image
+    from simcore import pipeline
+    from simcore.pipeline import Run, RunConfig
+    rng = np.random.default_rng(0)
+    for c in range(2):
+        d = tmp_path / "x" / f"c{c}"
+        d.mkdir(parents=True)
+        for i in range(8):
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    seen = []
+    monkeypatch.setattr(pipeline, "run", lambda cfg, **kw: seen.append(cfg))
+    argv = ["run", "--target", str(tmp_path / "x"), "--openset", str(tmp_path / "x"), "--out", str(tmp_path / "o")]
+    assert main(argv) == 0 and main(argv + ["--min-crop", "0.25"]) == 0
+    assert [c.min_crop for c in seen] == [0.08, 0.25]
+    base = dict(target=str(tmp_path / "x"), openset=[str(tmp_path / "x")], out=str(tmp_path / "run"), batch_size=8)
+
+    def spec(stage, **kw):
+        r = Run(RunConfig(**base, **kw), progress=False)
+        r.fingerprints = dict(target="x", openset=["u"])
+        return r._spec(stage)["params"]
+    for stage in ("pretrain", "retrain", "baseline"):
+        assert "min_crop" not in spec(stage) and spec(stage, min_crop=0.25)["min_crop"] == 0.25
+    assert RunConfig(**base, min_crop=0.25).train_config([base["target"]], str(tmp_path / "t")).min_crop == 0.25
+    for bad in (0, 1.5):
+        with pytest.raises(ValueError, match=r"min_crop must be in \(0, 1\]"):
+            RunConfig(**base, min_crop=bad).check()
 
 
 def test_pretrain_extract_eval_commands(tmp_path, capsys):

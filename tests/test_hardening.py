@@ -1,8 +1,9 @@
 """Issue 13 (hardening): symlinked --out, odd file names, damaged caches and result files,
 file modes, leftover temporaries, up-front number checks, one-line errors, --quiet."""
 import json
-import math
 import os
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
@@ -14,6 +15,7 @@ from simcore.checkpoint import load_checkpoint, save_checkpoint
 from simcore.cli import main
 from simcore.data import list_items, load_images
 from simcore.extract import extract, load_backbone
+from simcore.leftovers import writer_gone
 from simcore.pipeline import Run, RunConfig
 from simcore.train import TrainConfig, pretrain
 from simcore_ext import CoresetResult, select_coreset
@@ -453,6 +455,16 @@ def test_the_shared_cache_loses_only_old_temporaries_of_dead_writers(tmp_path):
     load_images(str(tmp_path / "X"), 16, cache_dir=str(tmp_path / "c"), progress=False)
     left = set(os.listdir(folder))
     assert names["old_dead"] not in left and {names["new_dead"], names["old_alive"], names["other"]} <= left
+
+
+def test_writer_gone_only_for_processes_that_ended():
+    """The one test behind every orphan clean-up (cache, generator, select --whiten): this
+    process, a live one and impossible pids are kept; an ended child's pid is gone."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert writer_gone(child.pid)
+    assert not writer_gone(os.getpid()) and not writer_gone(os.getppid())
+    assert not writer_gone(2**70)  # OverflowError in os.kill: kept
 
 
 def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(tmp_path, capsys, monkeypatch):

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from simcore.cli import main
-from simcore.pipeline import STAGES, Run, RunConfig, fingerprint, run
+from simcore.pipeline import STAGES, Run, RunConfig, fingerprint
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 DEFAULT = [s for s in STAGES if s != "whiten"]  # the stages a run without --whiten runs
@@ -399,13 +399,24 @@ def test_whiten_stage_selects_on_whitened_features_and_keys_only_when_on(data, t
         assert back["stages"][stage]["key"] == raw["stages"][stage]["key"]
 
 
-def test_whiten_too_wide_is_a_one_line_error(data, tmp_path, capsys):
-    code = main(["run", "--target", str(data / "train"), "--openset", str(data / "openset"),
-                 "--out", str(tmp_path / "run"), "--arch", "resnet18-w0.125", "--epochs", "1",
-                 "--batch-size", "16", "--image-size", "16", "--k", "4", "--budget", "8", "--whiten", "40",
-                 "--cache-dir", str(data / "cache"), "--quiet"])
-    assert code == 2
-    assert "needs more than 40 open-set rows" in capsys.readouterr().err
+def test_whiten_too_wide_is_a_one_line_error_before_any_training(data, tmp_path, capsys):
+    """Too few open-set rows, or more dimensions than the X encoder's features: refused when
+    the run starts, not after pretraining and extraction."""
+    common = ["--target", str(data / "train"), "--out", str(tmp_path / "run"), "--arch", "resnet18-w0.125",
+              "--epochs", "1", "--batch-size", "16", "--image-size", "16", "--k", "4", "--budget", "8",
+              "--cache-dir", str(data / "cache"), "--quiet"]
+    assert main(["run", "--openset", str(data / "openset"), "--whiten", "40"] + common) == 2
+    assert "needs more than 40 open-set rows, got 40" in capsys.readouterr().err
+    # 80 rows, but resnet18-w0.125's features are 64 wide
+    assert main(["run", "--openset", str(data / "openset"), "--openset", str(data / "openset"),
+                 "--whiten", "70"] + common) == 2
+    assert "features are 64 wide; choose at most 64" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    # --resample selects with the retraining encoder (--arch) whatever --retrieval-encoder is
+    two = dict(openset=[str(data / "openset")] * 2, whiten=70, resample=1)
+    (tmp_path / "other.pt").write_bytes(b"")  # named only: check() does not load it
+    with pytest.raises(ValueError, match="features are 64 wide"):
+        config(data, tmp_path / "run", retrieval_encoder=str(tmp_path / "other.pt"), **two).check()
     assert main(["run", "--target", str(data / "train"), "--openset", str(data / "openset"),
                  "--out", str(tmp_path / "run2"), "--whiten", "-1"]) == 2
     assert "whiten" in capsys.readouterr().err

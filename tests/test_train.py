@@ -257,6 +257,13 @@ def test_method_options_are_checked_up_front(folder, tmp_path):
     with pytest.raises(ValueError, match="min-crop"):  # from the method, before any work
         pretrain(config(folder, tmp_path / "m", method="swav", min_crop=0.5), progress=False)
     assert not (tmp_path / "m").exists()
+    # multi-crop's bounds in check(): `simcore run` calls it before its first stage
+    with pytest.raises(ValueError, match=r"swav's multi-crop needs --min-crop \(0.25\) < the global/local crop "
+                                         r"split \(0.14\)"):
+        config(folder, tmp_path / "m", method="swav", min_crop=0.25).check()
+    with pytest.raises(ValueError, match=r"split \(0.2\)"):
+        config(folder, tmp_path / "m", method="dino", min_crop=0.25, method_options={"crop_split": 0.2}).check()
+    config(folder, tmp_path / "m", method="swav", min_crop=0.25, method_options={"crop_split": 0.3}).check()
 
 
 def test_skip_bad_large_images_catches_truncated_files(large_folder, tmp_path):

@@ -19,6 +19,8 @@ import sys
 
 import numpy as np
 
+from .leftovers import writer_gone
+
 
 # simcore.methods.METHODS by name (listed here so that --help does not import torch;
 # tests/test_cli.py checks the two agree)
@@ -140,13 +142,8 @@ def _remove_dead_whitened(out: str) -> None:
     when process PID is gone: they are as large as the open-set."""
     for entry in os.scandir(out):
         m = re.fullmatch(r"\.tmp-(\d+)-whitened", entry.name)
-        if m and entry.is_dir(follow_symlinks=False):
-            try:
-                os.kill(int(m.group(1)), 0)
-            except ProcessLookupError:
-                shutil.rmtree(entry.path, ignore_errors=True)
-            except OSError:  # alive, another user's
-                pass
+        if m and entry.is_dir(follow_symlinks=False) and writer_gone(int(m.group(1))):
+            shutil.rmtree(entry.path, ignore_errors=True)
 
 
 def _load_npy(path: str, flag: str, **kw) -> np.ndarray:
@@ -298,7 +295,7 @@ def cmd_run(args) -> int:
                     budget=args.budget, k=args.k, tau=args.tau, patience=args.patience,
                     method=args.method, arch=args.arch, epochs=args.epochs, batch_size=args.batch_size,
                     lr=args.lr, warmup_epochs=min(args.warmup_epochs, args.epochs),
-                    optimizer=args.optimizer, weight_decay=args.weight_decay,
+                    optimizer=args.optimizer, weight_decay=args.weight_decay, min_crop=args.min_crop,
                     image_size=args.image_size, seed=args.seed, compare_random=args.compare_random,
                     openset_groups=args.openset_groups, linear_epochs=args.linear_epochs,
                     finetune=args.finetune, finetune_epochs=args.finetune_epochs,
@@ -355,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--warmup-epochs", type=int, default=10)
     r.add_argument("--optimizer", choices=["sgd", "lars", "adamw"], default="sgd", help=OPTIMIZER_HELP)
     r.add_argument("--weight-decay", type=finite, default=5e-4)
+    r.add_argument("--min-crop", type=finite, default=0.08, help="smallest random-resized-crop area of the "
+                   "SSL views, a fraction of the image, in every training of the run (swav, dino: of the local "
+                   "crops, below the crop split)")
     r.add_argument("--temperature", type=finite, default=None, help=TEMPERATURE_HELP)
     r.add_argument("--queue-size", type=int, default=None, help=QUEUE_HELP)
     r.add_argument("--local-crops", type=int, default=None, help=LOCAL_CROPS_HELP)

@@ -26,6 +26,8 @@ from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from tqdm.auto import tqdm
 
+from .leftovers import writer_gone
+
 log = logging.getLogger("simcore")
 
 
@@ -198,14 +200,7 @@ def _remove_dead_temporaries(folder: str, min_age_s: float = 3600) -> None:
     now = time.time()
     for entry in os.scandir(folder):
         m = re.match(r"\.tmp-(\d+)-", entry.name)
-        if not m or int(m.group(1)) == os.getpid():
-            continue
-        try:
-            os.kill(int(m.group(1)), 0)
-            continue  # alive (or another user's)
-        except ProcessLookupError:
-            pass
-        except (PermissionError, OverflowError):
+        if not m or not writer_gone(int(m.group(1))):
             continue
         try:
             if now - entry.stat(follow_symlinks=False).st_mtime > min_age_s:

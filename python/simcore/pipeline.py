@@ -81,6 +81,7 @@ class RunConfig:
     warmup_epochs: int = 10
     optimizer: str = "sgd"  # or "lars", "adamw"
     weight_decay: float = 5e-4
+    min_crop: float = 0.08  # smallest random-resized-crop area of the SSL views, in every training
     image_size: int = 32
     seed: int = 0
     compare_random: bool = False  # also pretrain on X + a random subset of the coreset's size
@@ -113,7 +114,7 @@ class RunConfig:
         from .train import TrainConfig
         return TrainConfig(data=data, out=out, method=self.method, arch=self.arch, epochs=self.epochs,
                            steps=steps, warmup_steps=warmup_steps, batch_size=self.batch_size, lr=self.lr,
-                           optimizer=self.optimizer, weight_decay=self.weight_decay,
+                           optimizer=self.optimizer, weight_decay=self.weight_decay, min_crop=self.min_crop,
                            warmup_epochs=min(self.warmup_epochs, self.epochs), image_size=self.image_size,
                            seed=self.seed, amp=self.amp, workers=self.workers, cache_dir=self.cache_dir,
                            skip_bad_images=self.skip_bad_images, method_options=dict(self.method_options))
@@ -165,6 +166,8 @@ class RunConfig:
         from .data import check_cache_dir
         check_cache_dir(self.cache_dir)
         self.train_config([self.target], os.path.join(self.out, "pretrain")).check()
+        if self.whiten:
+            self._check_whiten(n_openset)
         if self.retrieval_encoder == "pretrain" and self.retrieval_size is not None:
             from .models import parse_arch, vit_patch
             if parse_arch(self.arch)[0].startswith("vit") and self.retrieval_size % vit_patch(self.image_size):
@@ -191,6 +194,22 @@ class RunConfig:
             check_resample(self.resample, self.epochs * (n // self.batch_size))  # again once the steps ran
         self._check_out()
         return self
+
+    def _check_whiten(self, n_openset: int) -> None:
+        """What the whiten stage would only find after pretraining and extraction: too few
+        open-set rows, or more dimensions than the features of the X encoder (or of the
+        retraining encoder, which --resample selects with) have."""
+        if n_openset <= self.whiten:
+            raise ValueError(f"--whiten {self.whiten}: whitening to {self.whiten} dimensions needs more than "
+                             f"{self.whiten} open-set rows, got {n_openset}")
+        if self.retrieval_encoder == "pretrain" or self.resample:
+            from .models import build_backbone
+            from .train import SMALL_IMAGES
+            with torch.device("meta"):  # shapes only: no memory, no random numbers drawn
+                width = build_backbone(self.arch, self.image_size <= SMALL_IMAGES, self.image_size).feature_dim
+            if self.whiten > width:
+                raise ValueError(f"--whiten {self.whiten}: the {self.arch} encoder's features are {width} wide; "
+                                 f"choose at most {width}")
 
     def _check_out(self) -> None:
         out = os.path.realpath(self.out)  # symlinks resolved, on either side
@@ -373,7 +392,8 @@ class Run:
                      method_options=c.method_options, skip_bad_images=c.skip_bad_images,
                      # keyed only when changed: runs from before these options keep their keys
                      **({"optimizer": c.optimizer} if c.optimizer != "sgd" else {}),
-                     **({"weight_decay": c.weight_decay} if c.weight_decay != 5e-4 else {}))
+                     **({"weight_decay": c.weight_decay} if c.weight_decay != 5e-4 else {}),
+                     **({"min_crop": c.min_crop} if c.min_crop != 0.08 else {}))
         resample = (dict(resample=c.resample, k=c.k, budget=c.budget, tau=c.tau, patience=c.patience,
                          dtype=c.feature_dtype, size=self.resample_size(),
                          **({"whiten": c.whiten} if c.whiten else {}),

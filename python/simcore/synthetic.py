@@ -34,6 +34,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from .leftovers import writer_gone
+
 FORMAT = 1  # bump when the images change: old folders then no longer match
 GROUPS = ("target-class", "related", "other")
 
@@ -360,14 +362,8 @@ def _remove_dead_tmp(root: str) -> None:
     parent, base = os.path.split(os.path.abspath(root))
     for name in os.listdir(parent) if os.path.isdir(parent) else []:
         pid = name[len(base) + 5:] if name.startswith(base + ".tmp-") else ""
-        if not pid.isdigit():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
+        if pid.isdigit() and writer_gone(int(pid)):
             shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
-        except PermissionError:
-            pass  # alive, someone else's
 
 
 def make_demo_data(root: str, seed: int = 0, *, image_size: int = 32, classes: int = 6,

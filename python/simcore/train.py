@@ -87,13 +87,19 @@ class TrainConfig:
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}: expected one of {', '.join(sorted(METHODS))}")
         import inspect
-        accepted = set(inspect.signature(METHODS[self.method].__init__).parameters) - {"self", "backbone"}
+        params = inspect.signature(METHODS[self.method].__init__).parameters
+        accepted = set(params) - {"self", "backbone"}
         unknown = sorted(set(self.method_options) - accepted)
         if unknown:
             raise ValueError(f"{self.method} has no option {', '.join(unknown)} (it takes "
                              f"{', '.join(sorted(accepted))})")
         if not 0 < self.min_crop <= 1:
             raise ValueError(f"min_crop must be in (0, 1], got {self.min_crop}")
+        if "crop_split" in params:  # multi-crop (SwAV, DINO): local crops span [min_crop, crop_split]
+            split = self.method_options.get("crop_split", params["crop_split"].default)
+            if not self.min_crop < split < 1:
+                raise ValueError(f"{self.method}'s multi-crop needs --min-crop ({self.min_crop}) < the global/local "
+                                 f"crop split ({split}) < 1")
         if self.optimizer not in ("sgd", "lars", "adamw"):
             raise ValueError(f"optimizer must be sgd, lars or adamw, got {self.optimizer!r}")
         if self.amp not in ("auto", "bf16", "off"):
