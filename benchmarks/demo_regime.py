@@ -5,7 +5,8 @@ steps each, at several step counts: the regime search behind the demo's settings
     python benchmarks/demo_regime.py [--steps 150 300] [--seeds 0 1 2] [--extra 480]
 
 The world is the demo's (simcore.demo.DEMO_DATA, seed 0 unless --world-seed), the training
-the demo's (arch, batch; lr and smallest crop unless --lr, --min-crop; warm-up a tenth of the steps); --seeds are training seeds (the
+the demo's (arch, batch; lr, smallest crop and image size unless --lr, --min-crop,
+--image-size; warm-up a tenth of the steps); --seeds are training seeds (the
 oracle's images are drawn per seed). Linear probe and kNN on the world's test split, as the
 demo scores. Writes benchmarks/results/demo_regime.{json,md}."""
 from __future__ import annotations
@@ -39,7 +40,7 @@ def oracle_files(root: str, n: int, seed: int) -> list:
 
 
 def train_and_score(root: str, extra: list, steps: int, seed: int, out: str, sets, lr: float,
-                    min_crop: float = RunConfig.min_crop) -> dict:
+                    min_crop: float = RunConfig.min_crop, image_size: int = RunConfig.image_size) -> dict:
     data = [os.path.join(root, "target", "train")]
     os.makedirs(out, exist_ok=True)
     if extra:
@@ -47,16 +48,19 @@ def train_and_score(root: str, extra: list, steps: int, seed: int, out: str, set
             f.writelines(p + "\n" for p in extra)
         data.append(os.path.join(out, "extra.txt"))
     t0 = time.perf_counter()
-    if not os.path.exists(os.path.join(out, "done")):
+    trained = not os.path.exists(os.path.join(out, "done"))
+    if trained:
         cfg = TrainConfig(data=data, out=out, arch=DEMO["arch"], steps=steps, warmup_steps=max(1, steps // 10),
-                          batch_size=DEMO["batch_size"], lr=lr, min_crop=min_crop, seed=seed)
+                          batch_size=DEMO["batch_size"], lr=lr, min_crop=min_crop, seed=seed,
+                          image_size=image_size)
         pretrain(cfg.check(), resume=os.path.exists(os.path.join(out, "checkpoint.pt")), progress=False)
         open(os.path.join(out, "done"), "w").close()
     backbone, _ = load_backbone(os.path.join(out, "checkpoint.pt"), torch.device("cpu"))
     ftr, fte = features_of(backbone, sets[0]), features_of(backbone, sets[1])
     k = knn(ftr, sets[0].labels(), fte, sets[1].labels())
     lin = linear_probe(ftr, sets[0].labels(), fte, sets[1].labels(), epochs=DEMO["linear_epochs"], seed=seed)
-    return dict(linear=lin["top1"], knn20=k[20], knn200=k[200], seconds=round(time.perf_counter() - t0, 1))
+    return dict(linear=lin["top1"], knn20=k[20], knn200=k[200], seconds=round(time.perf_counter() - t0, 1),
+                trained=trained)
 
 
 def main():
@@ -67,25 +71,29 @@ def main():
     ap.add_argument("--world-seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=DEMO["lr"])
     ap.add_argument("--min-crop", type=float, default=DEMO.get("min_crop", RunConfig.min_crop))
+    ap.add_argument("--image-size", type=int, default=RunConfig.image_size,
+                    help="training and scoring size of the world's 32 px images")
     ap.add_argument("--work-dir", default=os.path.expanduser("~/.cache/simcore/demo_regime"))
     ap.add_argument("--out", default=os.path.join(RESULTS, "demo_regime"), help="output prefix")
     args = ap.parse_args()
     root = os.path.join(args.work_dir, f"world{args.world_seed}")
     make_demo_data(root, seed=args.world_seed, **DEMO_DATA)
-    sets = [FeatureSource(os.path.join(root, "target", s), 32, None, progress=False) for s in ("train", "test")]
+    sets = [FeatureSource(os.path.join(root, "target", s), args.image_size, None, progress=False)
+            for s in ("train", "test")]
     n_x = len(sets[0].labels())
     rows = {}
     for steps in args.steps:
         for name, n in (("X", 0), (f"X + oracle ({args.extra})", args.extra)):
             for seed in args.seeds:
-                name_ = f"w{args.world_seed}_steps{steps}_extra{n}_lr{args.lr}_minc{args.min_crop}_seed{seed}"
+                img = f"_img{args.image_size}" if args.image_size != 32 else ""  # 32 px: older folders
+                name_ = f"w{args.world_seed}_steps{steps}_extra{n}_lr{args.lr}_minc{args.min_crop}{img}_seed{seed}"
                 out = os.path.join(args.work_dir, name_)
                 extra = oracle_files(root, n, seed) if n else []
-                r = train_and_score(root, extra, steps, seed, out, sets, args.lr, args.min_crop)
+                r = train_and_score(root, extra, steps, seed, out, sets, args.lr, args.min_crop, args.image_size)
                 rows.setdefault(f"{steps}", {}).setdefault(name, {})[seed] = r
                 print(json.dumps(dict(steps=steps, row=name, seed=seed, **r)), flush=True)
     lines = [f"Demo world (seed {args.world_seed}: {DEMO_DATA}), X = {n_x} images; SimCLR {DEMO['arch']}, "
-             f"batch {DEMO['batch_size']}, lr {args.lr}, min crop {args.min_crop}; training seeds {args.seeds}; "
+             f"batch {DEMO['batch_size']}, lr {args.lr}, min crop {args.min_crop}, {args.image_size} px; training seeds {args.seeds}; "
              "mean ± std.", "",
              "| steps | X-epochs | pretraining data | linear top-1 | kNN k=20 | linear gain over X |", "|---|---|---|---|---|---|"]
     for steps, by_row in rows.items():
@@ -96,8 +104,11 @@ def main():
             gain = [a - b for a, b in zip(lin, x)]
             lines.append(f"| {steps} | {int(steps) * DEMO['batch_size'] / n_x:.0f} | {name} | {_fmt(lin)} | {_fmt(k20)} | "
                          + ("-" if name == "X" else _fmt(gain, sign=True)) + " |")
-    lines += ["", f"{platform.machine()}, {torch.get_num_threads()} threads; "
-              f"{sum(r['seconds'] for b in rows.values() for p in b.values() for r in p.values()):.0f} s in all."]
+    runs = [r for b in rows.values() for p in b.values() for r in p.values()]
+    cached = sum(not r["trained"] for r in runs)
+    lines += ["", f"{platform.machine()}, {torch.get_num_threads()} threads; {sum(r['seconds'] for r in runs):.0f} s "
+              "in all" + (f" ({cached} of {len(runs)} encoders were trained by an earlier run: only their scoring "
+                          "is counted)" if cached else "") + "."]
     md = "\n".join(lines)
     print(md)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -2,7 +2,7 @@
 oracle row (X + the open-set's target-class images, as many as the coreset, the same
 optimizer steps): the ceiling of any sampler in the demo's world.
 
-    python benchmarks/demo_seeds.py [--seeds 0 1 2] [--work-dir DIR]
+    python benchmarks/demo_seeds.py [--seeds 0 1 2] [--min-crop F] [--related squares] [--work-dir DIR]
 
 Every seed is a whole demo (its own generated data, encoders and selection) in
 WORK_DIR/seedS, resumable like `simcore run`. Writes benchmarks/results/demo_seeds.{json,md}."""
@@ -85,20 +85,24 @@ def main():
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--related", choices=["variants", "squares"], default=None,
                     help="the open-set's relatives (simcore.synthetic; default: the demo's)")
+    ap.add_argument("--min-crop", type=float, default=None,
+                    help="smallest crop of every training (default: the demo's; a changed one retrains)")
     ap.add_argument("--work-dir", default=os.path.expanduser("~/.cache/simcore/demo_seeds"))
     ap.add_argument("--out", default=os.path.join(RESULTS, "demo_seeds"), help="output prefix")
     args = ap.parse_args()
+    run_options = dict(min_crop=args.min_crop) if args.min_crop is not None else {}
+    demo = dict(DEMO, **run_options)
     per_seed = {}
     for seed in args.seeds:
         out = os.path.join(args.work_dir, f"seed{seed}")
         t0 = time.perf_counter()
         run_demo(out=out, seed=seed, progress=False,
-                 data_options=dict(related=args.related) if args.related else None)
+                 data_options=dict(related=args.related) if args.related else None, run_options=run_options)
         seconds = time.perf_counter() - t0
         data = os.path.join(out, "data")
         cfg = RunConfig(target=os.path.join(data, "target", "train"), test=os.path.join(data, "target", "test"),
                         openset=[os.path.join(data, "openset")], out=out, seed=seed, compare_random=True,
-                        openset_groups=os.path.join(data, "openset_classes.tsv"), **DEMO)
+                        openset_groups=os.path.join(data, "openset_classes.tsv"), **demo)
         run = Run(cfg, progress=False, log=lambda *a: None)
         rows = dict(run.stage_record("eval")["results"])
         rows["X + oracle"] = oracle(run, seed)
@@ -108,7 +112,7 @@ def main():
     names = list(per_seed[args.seeds[0]]["rows"])
     lines = [f"`simcore demo`, seeds {args.seeds} (mean ± std over seeds; each seed its own generated world, "
              f"encoders and selection). Data: {dict(DEMO_DATA, **({'related': args.related} if args.related else {}))}; "
-             f"run: {DEMO}.", "",
+             f"run: {demo}.", "",
              "| pretraining data | linear top-1 | kNN k=20 | kNN k=200 |", "|---|---|---|---|"]
     for name in names:
         lines.append(f"| {name} | " + " | ".join(fmt([per_seed[s]["rows"][name][m] for s in args.seeds])
@@ -145,7 +149,8 @@ def main():
         f.write(md + "\n")
     os.replace(args.out + ".md.tmp", args.out + ".md")
     with open(args.out + ".json.tmp", "w") as f:
-        json.dump(dict(seeds=args.seeds, demo_data=DEMO_DATA, demo=DEMO, per_seed=per_seed), f, indent=2)
+        json.dump(dict(seeds=args.seeds, demo_data=dict(DEMO_DATA, **({'related': args.related} if args.related else {})),
+                       demo=demo, per_seed=per_seed), f, indent=2)
     os.replace(args.out + ".json.tmp", args.out + ".json")
 
 

@@ -465,6 +465,15 @@ def test_writer_gone_only_for_processes_that_ended():
     assert writer_gone(child.pid)
     assert not writer_gone(os.getpid()) and not writer_gone(os.getppid())
     assert not writer_gone(2**70)  # OverflowError in os.kill: kept
+    assert not writer_gone(1)  # init: alive (root) or another user's (PermissionError)
+
+
+def test_writer_gone_keeps_another_users_live_process(monkeypatch):
+    """Shared caches: a live writer owned by another user answers os.kill with EPERM."""
+    def kill(pid, sig):
+        raise PermissionError(1, "Operation not permitted")
+    monkeypatch.setattr(os, "kill", kill)
+    assert not writer_gone(12345)
 
 
 def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(tmp_path, capsys, monkeypatch):

@@ -417,6 +417,8 @@ def test_whiten_too_wide_is_a_one_line_error_before_any_training(data, tmp_path,
     (tmp_path / "other.pt").write_bytes(b"")  # named only: check() does not load it
     with pytest.raises(ValueError, match="features are 64 wide"):
         config(data, tmp_path / "run", retrieval_encoder=str(tmp_path / "other.pt"), **two).check()
+    # without --resample that encoder's width is unknown before it is loaded: not refused
+    config(data, tmp_path / "run", retrieval_encoder=str(tmp_path / "other.pt"), **dict(two, resample=0)).check()
     assert main(["run", "--target", str(data / "train"), "--openset", str(data / "openset"),
                  "--out", str(tmp_path / "run2"), "--whiten", "-1"]) == 2
     assert "whiten" in capsys.readouterr().err

@@ -264,6 +264,9 @@ def test_method_options_are_checked_up_front(folder, tmp_path):
     with pytest.raises(ValueError, match=r"split \(0.2\)"):
         config(folder, tmp_path / "m", method="dino", min_crop=0.25, method_options={"crop_split": 0.2}).check()
     config(folder, tmp_path / "m", method="swav", min_crop=0.25, method_options={"crop_split": 0.3}).check()
+    for bad in ("0.3", None, True, float("nan")):  # a ValueError that says so, not a TypeError
+        with pytest.raises(ValueError, match="crop_split must be a number"):
+            config(folder, tmp_path / "m", method="dino", method_options={"crop_split": bad}).check()
 
 
 def test_skip_bad_large_images_catches_truncated_files(large_folder, tmp_path):

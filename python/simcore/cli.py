@@ -353,8 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--optimizer", choices=["sgd", "lars", "adamw"], default="sgd", help=OPTIMIZER_HELP)
     r.add_argument("--weight-decay", type=finite, default=5e-4)
     r.add_argument("--min-crop", type=finite, default=0.08, help="smallest random-resized-crop area of the "
-                   "SSL views, a fraction of the image, in every training of the run (swav, dino: of the local "
-                   "crops, below the crop split)")
+                   "SSL views, a fraction of the image, in every SSL training of the run (pretrain, retrain, "
+                   "baseline; not --finetune's); swav, dino: of their local crops, so below 0.14 (swav) or 0.4 "
+                   "(dino)")
     r.add_argument("--temperature", type=finite, default=None, help=TEMPERATURE_HELP)
     r.add_argument("--queue-size", type=int, default=None, help=QUEUE_HELP)
     r.add_argument("--local-crops", type=int, default=None, help=LOCAL_CROPS_HELP)

@@ -120,8 +120,9 @@ DEMO = dict(arch="resnet18-w0.25", epochs=150, batch_size=120, lr=0.3, warmup_ep
 
 
 def run_demo(out: str = "simcore-demo", seed: int = 0, from_stage: str | None = None,
-             progress: bool = True, data_options: dict | None = None) -> int:
-    """data_options: overrides of DEMO_DATA (benchmarks compare generated worlds with it)."""
+             progress: bool = True, data_options: dict | None = None, run_options: dict | None = None) -> int:
+    """data_options, run_options: overrides of DEMO_DATA and DEMO (benchmarks compare generated
+    worlds and settings with them)."""
     from .pipeline import RunConfig, Run
     from .synthetic import make_demo_data
 
@@ -132,7 +133,7 @@ def run_demo(out: str = "simcore-demo", seed: int = 0, from_stage: str | None = 
           f"{_counts(info)}")
     cfg = RunConfig(target=os.path.join(data, "target", "train"), test=os.path.join(data, "target", "test"),
                     openset=[os.path.join(data, "openset")], out=out, seed=seed, compare_random=True,
-                    openset_groups=os.path.join(data, "openset_classes.tsv"), **DEMO)
+                    openset_groups=os.path.join(data, "openset_classes.tsv"), **dict(DEMO, **(run_options or {})))
     run = Run(cfg.check(), progress=progress)
     run.run(from_stage)
     ev = run.stage_record("eval")["results"]

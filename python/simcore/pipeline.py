@@ -81,7 +81,7 @@ class RunConfig:
     warmup_epochs: int = 10
     optimizer: str = "sgd"  # or "lars", "adamw"
     weight_decay: float = 5e-4
-    min_crop: float = 0.08  # smallest random-resized-crop area of the SSL views, in every training
+    min_crop: float = 0.08  # smallest random-resized-crop area of the SSL views, in every SSL training
     image_size: int = 32
     seed: int = 0
     compare_random: bool = False  # also pretrain on X + a random subset of the coreset's size

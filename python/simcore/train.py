@@ -97,9 +97,11 @@ class TrainConfig:
             raise ValueError(f"min_crop must be in (0, 1], got {self.min_crop}")
         if "crop_split" in params:  # multi-crop (SwAV, DINO): local crops span [min_crop, crop_split]
             split = self.method_options.get("crop_split", params["crop_split"].default)
+            if isinstance(split, bool) or not isinstance(split, numbers.Real) or not math.isfinite(split):
+                raise ValueError(f"crop_split must be a number in (min_crop, 1), got {split!r}")
             if not self.min_crop < split < 1:
                 raise ValueError(f"{self.method}'s multi-crop needs --min-crop ({self.min_crop}) < the global/local "
-                                 f"crop split ({split}) < 1")
+                                 f"crop split ({split}) < 1: lower --min-crop")
         if self.optimizer not in ("sgd", "lars", "adamw"):
             raise ValueError(f"optimizer must be sgd, lars or adamw, got {self.optimizer!r}")
         if self.amp not in ("auto", "bf16", "off"):

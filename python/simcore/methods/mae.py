@@ -18,7 +18,6 @@ Needs a ViT backbone (vit_tiny, vit_small, vit_base); the paper trains with Adam
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision.models.vision_transformer import EncoderBlock
 
