@@ -102,15 +102,16 @@ def run_selection_demo(out: str | None = None, seed: int = 0, n_openset: int = 2
     return 0
 
 
-# The pipeline demo's settings: a 2-core CPU runs them in three to four minutes. They put the
-# demo where SimCore has something to add (RESULTS.md, issue 11): X is small (40 images per
-# class) and the encoder sees each of its images ~150 times, so at these optimizer steps
-# new images of the target's semantics improve it, while at 30 epochs they did not. The
-# open-set holds, like ImageNet for a dog target (~12% dogs), 10% new images of the target's
-# classes and 30% relatives (the target's patterns on squares: another object with the same
-# semantics); the rest is unrelated. 200 test images per class keep the test noise near
-# +-1 point. Chosen on the worlds of seeds 0 and 1; on held-out seeds 3-8 the gain over X is
-# smaller than the run-to-run spread (RESULTS.md, issue 11).
+# The pipeline demo's settings: a 2-core CPU runs them in three to five minutes (149-297 s
+# measured on 2-core EPYCs). They put the demo where SimCore has something to add
+# (RESULTS.md, issue 11): X is small (40 images per class) and the encoder sees each of its
+# images ~150 times, so at these optimizer steps new images of the target's semantics
+# improve it, while at 30 epochs they did not. The open-set holds, like ImageNet for a dog
+# target (~12% dogs), 10% new images of the target's classes and 30% relatives (the
+# target's patterns on squares: another object with the same semantics); the rest is
+# unrelated. 200 test images per class keep the test noise near +-1 point. Chosen on the
+# worlds of seeds 0 and 1; on held-out seeds 3-8 the gain over X is smaller than the
+# run-to-run spread (RESULTS.md, issue 11).
 DEMO_DATA = dict(train_per_class=40, test_per_class=200, openset_size=6000, share_target=0.10,
                  share_related=0.30, related="squares")
 # 240 images in batches of 120: 2 steps an epoch, 300 steps in all (a batch size that does not
