@@ -114,6 +114,17 @@ def test_drop_last_linear_keeps_penultimate_features(hub, tmp_path):
     assert e.dim == m.classifier[-1].in_features  # the classifier's hidden layer, not the logits
 
 
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "efficientnet_b0", "vit_b_16", "convnext_tiny"])
+def test_feature_width_without_weights_is_the_features_width(name):
+    """What --whiten checks before training: the width the architecture alone gives equals
+    the width of the features the loaded encoder returns (random weights here)."""
+    model = enc._Features(enc._drop_last_linear(torchvision.models.get_model(name, weights=None), name)).eval()
+    with torch.no_grad():
+        width = model(torch.zeros(1, 3, 224, 224)).shape[1]
+    assert enc.feature_width(f"torchvision:{name}") == width
+    assert enc.feature_width("some.pt") is None  # a checkpoint: known once loaded
+
+
 @pytest.mark.parametrize("n, native", [(0, 224), (1, 240), (2, 260)])
 def test_efficientnet_lite_offline(n, native):
     pytest.importorskip("efficientnet_lite_pytorch")
@@ -121,6 +132,7 @@ def test_efficientnet_lite_offline(n, native):
     name = f"efficientnet-lite{n}"
     e = load_encoder(name, 64)
     assert e.dim == 1280 and e.size == 64 and e.identity["encoder"] == name
+    assert enc.feature_width(name) == e.dim  # known up front, for --whiten's check
     raw, x = _normalised(2, 64)
     net = e.module.model.net
     with torch.no_grad():

@@ -419,6 +419,14 @@ def test_whiten_too_wide_is_a_one_line_error_before_any_training(data, tmp_path,
         config(data, tmp_path / "run", retrieval_encoder=str(tmp_path / "other.pt"), **two).check()
     # without --resample that encoder's width is unknown before it is loaded: not refused
     config(data, tmp_path / "run", retrieval_encoder=str(tmp_path / "other.pt"), **dict(two, resample=0)).check()
+    # an ImageNet retrieval encoder's width is its architecture's: refused before anything runs
+    with pytest.raises(ValueError, match="retrieval encoder torchvision:resnet18's features are 512 wide"):
+        config(data, tmp_path / "run", retrieval_encoder="torchvision:resnet18", openset=two["openset"],
+               whiten=600).check()
+    assert main(["run", "--openset", str(data / "openset"), "--retrieval-encoder", "torchvision:resnet18",
+                 "--whiten", "600"] + common) == 2
+    assert "features are 512 wide; choose at most 512" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
     assert main(["run", "--target", str(data / "train"), "--openset", str(data / "openset"),
                  "--out", str(tmp_path / "run2"), "--whiten", "-1"]) == 2
     assert "whiten" in capsys.readouterr().err

@@ -30,6 +30,7 @@ from torch import nn
 from .augment import MEAN, STD
 
 PRETRAINED = {"efficientnet-lite0": 224, "efficientnet-lite1": 240, "efficientnet-lite2": 260}  # native sizes
+LITE_WIDTH = 1280  # EfficientNet-Lite0/1/2's pooled head
 SPECS = ("pretrain (in simcore run), a simcore checkpoint (PATH.pt or checkpoint:PATH), "
          "torchvision:NAME[:WEIGHTS] or efficientnet-lite0|1|2")
 
@@ -78,6 +79,25 @@ def check_encoder(spec: str) -> None:
         _torchvision_weights(name, weights)
     if kind == "package":
         _lite_files(name)
+
+
+def feature_width(spec: str) -> Optional[int]:
+    """The width of `spec`'s features where the architecture alone says it, without reading
+    weights: ImageNet models (the input of their last linear layer, built on the meta
+    device). None for a simcore checkpoint or a model that cannot be built that way."""
+    kind, name, _ = parse_encoder(spec)
+    if kind == "package":
+        return LITE_WIDTH
+    if kind == "torchvision":
+        import torchvision.models as tvm
+        try:
+            with torch.device("meta"):  # shapes only: no memory, no random numbers drawn
+                model = tvm.get_model(name, weights=None)
+        except Exception:  # noqa: BLE001 - a model meta tensors cannot build: known once loaded
+            return None
+        last = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        return last[-1].in_features if last else None
+    return None
 
 
 def weights_file(spec: str) -> str:
@@ -219,7 +239,7 @@ def _lite_files(name: str) -> str:
 
 
 class _Lite(nn.Module):
-    """EfficientNet-Lite's globally pooled last features (1280)."""
+    """EfficientNet-Lite's globally pooled last features (LITE_WIDTH)."""
 
     def __init__(self, net):
         super().__init__()

@@ -196,20 +196,28 @@ class RunConfig:
         return self
 
     def _check_whiten(self, n_openset: int) -> None:
-        """What the whiten stage would only find after pretraining and extraction: too few
-        open-set rows, or more dimensions than the features of the X encoder (or of the
-        retraining encoder, which --resample selects with) have."""
+        """What the whiten stage would only find after pretraining and extraction: more
+        dimensions than the features of an encoder that selects have (the X encoder, an
+        ImageNet retrieval encoder, or under --resample the retraining one), or too few
+        open-set rows."""
+        from .models import build_backbone
+        from .train import SMALL_IMAGES
+        widths = []
+        if self.retrieval_encoder == "pretrain" or self.resample:
+            with torch.device("meta"):  # shapes only: no memory, no random numbers drawn
+                widths.append((f"the {self.arch} encoder's",
+                               build_backbone(self.arch, self.image_size <= SMALL_IMAGES, self.image_size).feature_dim))
+        if self.retrieval_encoder != "pretrain":
+            from .encoders import feature_width
+            width = feature_width(self.retrieval_encoder)  # None: a checkpoint, known once loaded
+            if width is not None:
+                widths.append((f"the retrieval encoder {self.retrieval_encoder}'s", width))
+        for what, width in widths:
+            if self.whiten > width:
+                raise ValueError(f"--whiten {self.whiten}: {what} features are {width} wide; choose at most {width}")
         if n_openset <= self.whiten:
             raise ValueError(f"--whiten {self.whiten}: whitening to {self.whiten} dimensions needs more than "
                              f"{self.whiten} open-set rows, got {n_openset}")
-        if self.retrieval_encoder == "pretrain" or self.resample:
-            from .models import build_backbone
-            from .train import SMALL_IMAGES
-            with torch.device("meta"):  # shapes only: no memory, no random numbers drawn
-                width = build_backbone(self.arch, self.image_size <= SMALL_IMAGES, self.image_size).feature_dim
-            if self.whiten > width:
-                raise ValueError(f"--whiten {self.whiten}: the {self.arch} encoder's features are {width} wide; "
-                                 f"choose at most {width}")
 
     def _check_out(self) -> None:
         out = os.path.realpath(self.out)  # symlinks resolved, on either side
