@@ -95,7 +95,8 @@ def main():
     demo = dict(DEMO, **run_options)
     per_seed = {}
     for seed in args.seeds:
-        out = os.path.join(args.work_dir, f"seed{seed}")
+        # each setting its own folder: switching back and forth does not retrain
+        out = os.path.join(args.work_dir, f"seed{seed}" + "".join(f"_{k}{v}" for k, v in sorted(run_options.items())))
         t0 = time.perf_counter()
         run_demo(out=out, seed=seed, progress=False,
                  data_options=dict(related=args.related) if args.related else None, run_options=run_options)

@@ -50,8 +50,8 @@ def _scores(rows):
 
 
 def test_run_demo_options_override_the_demo_settings(tmp_path, monkeypatch):
-    """demo_seeds.py --min-crop reaches the demo's RunConfig through run_options; the rest
-    stays the demo's."""
+    """run_demo's run_options (what demo_seeds.py --min-crop, --lr pass) reach the demo's
+    RunConfig; the rest stays the demo's."""
     import simcore.pipeline
     import simcore.synthetic
     from simcore.demo import DEMO, run_demo

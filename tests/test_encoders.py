@@ -123,6 +123,7 @@ def test_feature_width_without_weights_is_the_features_width(name):
         width = model(torch.zeros(1, 3, 224, 224)).shape[1]
     assert enc.feature_width(f"torchvision:{name}") == width
     assert enc.feature_width("some.pt") is None  # a checkpoint: known once loaded
+    assert enc.feature_width("torchvision:regnet_y_400mf") is None  # not buildable on meta (README says so)
 
 
 @pytest.mark.parametrize("n, native", [(0, 224), (1, 240), (2, 260)])

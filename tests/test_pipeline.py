@@ -427,6 +427,8 @@ def test_whiten_too_wide_is_a_one_line_error_before_any_training(data, tmp_path,
                  "--whiten", "600"] + common) == 2
     assert "features are 512 wide; choose at most 512" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+    # within its width (though wider than the X encoder's 64) and without --resample: accepted
+    config(data, tmp_path / "run", retrieval_encoder="torchvision:resnet18", openset=two["openset"], whiten=70).check()
     assert main(["run", "--target", str(data / "train"), "--openset", str(data / "openset"),
                  "--out", str(tmp_path / "run2"), "--whiten", "-1"]) == 2
     assert "whiten" in capsys.readouterr().err

@@ -259,9 +259,9 @@ def test_method_options_are_checked_up_front(folder, tmp_path):
     assert not (tmp_path / "m").exists()
     # multi-crop's bounds in check(): `simcore run` calls it before its first stage
     with pytest.raises(ValueError, match=r"swav's multi-crop needs --min-crop \(0.25\) < the global/local crop "
-                                         r"split \(0.14\)"):
+                                         r"split \(0.14\) < 1: lower --min-crop$"):
         config(folder, tmp_path / "m", method="swav", min_crop=0.25).check()
-    with pytest.raises(ValueError, match=r"split \(0.2\)"):
+    with pytest.raises(ValueError, match=r"split \(0.2\) < 1: lower --min-crop or choose crop_split"):
         config(folder, tmp_path / "m", method="dino", min_crop=0.25, method_options={"crop_split": 0.2}).check()
     config(folder, tmp_path / "m", method="swav", min_crop=0.25, method_options={"crop_split": 0.3}).check()
     for bad in ("0.3", None, True, float("nan")):  # a ValueError that says so, not a TypeError

@@ -102,7 +102,7 @@ def run_selection_demo(out: str | None = None, seed: int = 0, n_openset: int = 2
     return 0
 
 
-# The pipeline demo's settings: a 2-core CPU runs them in three to five minutes (149-297 s
+# The pipeline demo's settings: a 2-core CPU runs them in 2.5 to 5 minutes (149-297 s
 # measured on 2-core EPYCs). They put the demo where SimCore has something to add
 # (RESULTS.md, issue 11): X is small (40 images per class) and the encoder sees each of its
 # images ~150 times, so at these optimizer steps new images of the target's semantics

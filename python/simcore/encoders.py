@@ -84,14 +84,17 @@ def check_encoder(spec: str) -> None:
 def feature_width(spec: str) -> Optional[int]:
     """The width of `spec`'s features where the architecture alone says it, without reading
     weights: ImageNet models (the input of their last linear layer, built on the meta
-    device). None for a simcore checkpoint or a model that cannot be built that way."""
+    device). None for a simcore checkpoint or a model that cannot be built that way (the
+    RegNets): their width is known once they are loaded."""
     kind, name, _ = parse_encoder(spec)
     if kind == "package":
         return LITE_WIDTH
     if kind == "torchvision":
         import torchvision.models as tvm
+        import warnings
         try:
-            with torch.device("meta"):  # shapes only: no memory, no random numbers drawn
+            with torch.device("meta"), warnings.catch_warnings():  # shapes only: no memory, no random
+                warnings.simplefilter("ignore")  # numbers drawn; init warnings come again at load
                 model = tvm.get_model(name, weights=None)
         except Exception:  # noqa: BLE001 - a model meta tensors cannot build: known once loaded
             return None

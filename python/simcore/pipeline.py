@@ -209,7 +209,7 @@ class RunConfig:
                                build_backbone(self.arch, self.image_size <= SMALL_IMAGES, self.image_size).feature_dim))
         if self.retrieval_encoder != "pretrain":
             from .encoders import feature_width
-            width = feature_width(self.retrieval_encoder)  # None: a checkpoint, known once loaded
+            width = feature_width(self.retrieval_encoder)  # None: a checkpoint or a RegNet, known once loaded
             if width is not None:
                 widths.append((f"the retrieval encoder {self.retrieval_encoder}'s", width))
         for what, width in widths:

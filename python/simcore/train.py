@@ -100,8 +100,10 @@ class TrainConfig:
             if isinstance(split, bool) or not isinstance(split, numbers.Real) or not math.isfinite(split):
                 raise ValueError(f"crop_split must be a number in (min_crop, 1), got {split!r}")
             if not self.min_crop < split < 1:
+                fix = ("lower --min-crop" if "crop_split" not in self.method_options
+                       else "lower --min-crop or choose crop_split between it and 1")
                 raise ValueError(f"{self.method}'s multi-crop needs --min-crop ({self.min_crop}) < the global/local "
-                                 f"crop split ({split}) < 1: lower --min-crop")
+                                 f"crop split ({split}) < 1: {fix}")
         if self.optimizer not in ("sgd", "lars", "adamw"):
             raise ValueError(f"optimizer must be sgd, lars or adamw, got {self.optimizer!r}")
         if self.amp not in ("auto", "bf16", "off"):
