@@ -21,10 +21,10 @@ import time
 import numpy as np
 import torch
 
-from simcore.demo import DEMO, DEMO_DATA, run_demo
+from simcore.demo import DEMO, DEMO_DATA, demo_config, run_demo
 from simcore.evaluate import knn, linear_probe
 from simcore.extract import FeatureSource, features_of, load_backbone
-from simcore.pipeline import Run, RunConfig
+from simcore.pipeline import Run
 from simcore.train import pretrain
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -101,11 +101,7 @@ def main():
         run_demo(out=out, seed=seed, progress=False,
                  data_options=dict(related=args.related) if args.related else None, run_options=run_options)
         seconds = time.perf_counter() - t0
-        data = os.path.join(out, "data")
-        cfg = RunConfig(target=os.path.join(data, "target", "train"), test=os.path.join(data, "target", "test"),
-                        openset=[os.path.join(data, "openset")], out=out, seed=seed, compare_random=True,
-                        openset_groups=os.path.join(data, "openset_classes.tsv"), **demo)
-        run = Run(cfg, progress=False, log=lambda *a: None)
+        run = Run(demo_config(out, seed, run_options), progress=False, log=lambda *a: None)
         rows = dict(run.stage_record("eval")["results"])
         rows["X + oracle"] = oracle(run, seed)
         per_seed[seed] = dict(rows=rows, composition=run.stage_record("report")["composition"].get("group", {}),

@@ -123,17 +123,22 @@ def test_methods_and_archs_are_listed_and_wired():
         assert (args.local_crops, args.optimizer, args.weight_decay) == (4, "adamw", 0.05)
 
 
+def _two_classes(root, per_class):
+    """A two-class ImageFolder of random 16 px images."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for c in range(2):
+        d = root / f"c{c}"
+        d.mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(d / f"{i}.png")
+
+
 def test_multi_crop_and_mae_from_the_command_line(tmp_path, capsys):
     """--local-crops and --queue-size reach SwAV, --optimizer adamw reaches MAE's run, and
     `simcore run` keys the pretraining on a changed optimizer (not on the default one)."""
-    from PIL import Image
     from simcore.pipeline import Run, RunConfig
-    rng = np.random.default_rng(0)
-    for c in range(2):
-        d = tmp_path / "x" / f"c{c}"
-        d.mkdir(parents=True)
-        for i in range(16):
-            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    _two_classes(tmp_path / "x", 16)
     common = ["--data", str(tmp_path / "x"), "--epochs", "1", "--batch-size", "8", "--image-size", "16",
               "--amp", "off", "--quiet", "--cache-dir", str(tmp_path / "cache")]
     assert main(["pretrain", "--out", str(tmp_path / "swav"), "--method", "swav", "--arch", "resnet18-w0.25",
@@ -164,15 +169,9 @@ def test_multi_crop_and_mae_from_the_command_line(tmp_path, capsys):
 def test_run_min_crop_reaches_both_trainings_and_keys_only_when_changed(tmp_path, monkeypatch):
     """`simcore run --min-crop A`: the SSL views' smallest crop, for the X-only pretraining and
     the retraining alike; keyed only when not the default, so runs from before keep their keys."""
-    from PIL import Image
     from simcore import pipeline
     from simcore.pipeline import Run, RunConfig
-    rng = np.random.default_rng(0)
-    for c in range(2):
-        d = tmp_path / "x" / f"c{c}"
-        d.mkdir(parents=True)
-        for i in range(8):
-            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    _two_classes(tmp_path / "x", 8)
     seen = []
     monkeypatch.setattr(pipeline, "run", lambda cfg, **kw: seen.append(cfg))
     argv = ["run", "--target", str(tmp_path / "x"), "--openset", str(tmp_path / "x"), "--out", str(tmp_path / "o")]

@@ -120,11 +120,21 @@ DEMO = dict(arch="resnet18-w0.25", epochs=150, batch_size=120, lr=0.3, warmup_ep
             budget=0.08, linear_epochs=100)
 
 
+def demo_config(out: str, seed: int, run_options: dict | None = None):
+    """The RunConfig of the demo in OUT (its generated data in OUT/data); run_options:
+    overrides of DEMO."""
+    from .pipeline import RunConfig
+    data = os.path.join(out, "data")
+    return RunConfig(target=os.path.join(data, "target", "train"), test=os.path.join(data, "target", "test"),
+                     openset=[os.path.join(data, "openset")], out=out, seed=seed, compare_random=True,
+                     openset_groups=os.path.join(data, "openset_classes.tsv"), **dict(DEMO, **(run_options or {})))
+
+
 def run_demo(out: str = "simcore-demo", seed: int = 0, from_stage: str | None = None,
              progress: bool = True, data_options: dict | None = None, run_options: dict | None = None) -> int:
     """data_options, run_options: overrides of DEMO_DATA and DEMO (benchmarks compare generated
     worlds and settings with them)."""
-    from .pipeline import RunConfig, Run
+    from .pipeline import Run
     from .synthetic import make_demo_data
 
     t0 = time.perf_counter()
@@ -132,10 +142,7 @@ def run_demo(out: str = "simcore-demo", seed: int = 0, from_stage: str | None = 
     info = make_demo_data(data, seed=seed, progress=progress, **dict(DEMO_DATA, **(data_options or {})))
     print(f"simcore demo: generated data in {data} ({time.perf_counter() - t0:.1f} s): "
           f"{_counts(info)}")
-    cfg = RunConfig(target=os.path.join(data, "target", "train"), test=os.path.join(data, "target", "test"),
-                    openset=[os.path.join(data, "openset")], out=out, seed=seed, compare_random=True,
-                    openset_groups=os.path.join(data, "openset_classes.tsv"), **dict(DEMO, **(run_options or {})))
-    run = Run(cfg.check(), progress=progress)
+    run = Run(demo_config(out, seed, run_options).check(), progress=progress)
     run.run(from_stage)
     ev = run.stage_record("eval")["results"]
     print("\naccuracy on the target's test split (same optimizer steps for every encoder):")
