@@ -6,12 +6,14 @@ steps each, at several step counts: the regime search behind the demo's settings
 
 The world is the demo's (simcore.demo.DEMO_DATA, seed 0 unless --world-seed), the training
 the demo's (arch, batch; lr, smallest crop and image size unless --lr, --min-crop,
---image-size; warm-up a tenth of the steps); --seeds are training seeds (the
+--image-size; SGD with weight decay 5e-4 and SimCLR's temperature (0.5) unless --optimizer,
+--weight-decay, --temperature; warm-up a tenth of the steps); --seeds are training seeds (the
 oracle's images are drawn per seed). Linear probe and kNN on the world's test split, as the
 demo scores. Writes benchmarks/results/demo_regime.{json,md}."""
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -27,8 +29,10 @@ from simcore.evaluate import knn, linear_probe
 from simcore.extract import FeatureSource, features_of, load_backbone
 from simcore.pipeline import RunConfig
 from simcore.synthetic import make_demo_data
+from simcore.methods import METHODS
 from simcore.train import TrainConfig, pretrain
 
+TEMPERATURE = inspect.signature(METHODS["simclr"].__init__).parameters["temperature"].default  # SimCLR's
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
@@ -40,7 +44,9 @@ def oracle_files(root: str, n: int, seed: int) -> list:
 
 
 def train_and_score(root: str, extra: list, steps: int, seed: int, out: str, sets, lr: float,
-                    min_crop: float = RunConfig.min_crop, image_size: int = RunConfig.image_size) -> dict:
+                    min_crop: float = RunConfig.min_crop, image_size: int = RunConfig.image_size,
+                    **train_options) -> dict:
+    """train_options: further TrainConfig fields (optimizer, weight_decay, method_options)."""
     data = [os.path.join(root, "target", "train")]
     os.makedirs(out, exist_ok=True)
     if extra:
@@ -52,7 +58,7 @@ def train_and_score(root: str, extra: list, steps: int, seed: int, out: str, set
     if trained:
         cfg = TrainConfig(data=data, out=out, arch=DEMO["arch"], steps=steps, warmup_steps=max(1, steps // 10),
                           batch_size=DEMO["batch_size"], lr=lr, min_crop=min_crop, seed=seed,
-                          image_size=image_size)
+                          image_size=image_size, **train_options)
         pretrain(cfg.check(), resume=os.path.exists(os.path.join(out, "checkpoint.pt")), progress=False)
         open(os.path.join(out, "done"), "w").close()
     backbone, _ = load_backbone(os.path.join(out, "checkpoint.pt"), torch.device("cpu"))
@@ -73,6 +79,9 @@ def main():
     ap.add_argument("--min-crop", type=float, default=DEMO.get("min_crop", RunConfig.min_crop))
     ap.add_argument("--image-size", type=int, default=RunConfig.image_size,
                     help="training and scoring size of the world's 32 px images")
+    ap.add_argument("--optimizer", default="sgd", choices=("sgd", "lars", "adamw"))
+    ap.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)
+    ap.add_argument("--temperature", type=float, default=TEMPERATURE, help="SimCLR's")
     ap.add_argument("--work-dir", default=os.path.expanduser("~/.cache/simcore/demo_regime"))
     ap.add_argument("--out", default=os.path.join(RESULTS, "demo_regime"), help="output prefix")
     args = ap.parse_args()
@@ -81,19 +90,28 @@ def main():
     sets = [FeatureSource(os.path.join(root, "target", s), args.image_size, None, progress=False)
             for s in ("train", "test")]
     n_x = len(sets[0].labels())
+    train_options, tag = {}, ""  # the defaults keep older folders' names
+    if args.optimizer != "sgd" or args.weight_decay != TrainConfig.weight_decay:
+        train_options.update(optimizer=args.optimizer, weight_decay=args.weight_decay)
+        tag += f"_{args.optimizer}_wd{args.weight_decay}"
+    if args.temperature != TEMPERATURE:
+        train_options["method_options"] = dict(temperature=args.temperature)
+        tag += f"_t{args.temperature}"
     rows = {}
     for steps in args.steps:
         for name, n in (("X", 0), (f"X + oracle ({args.extra})", args.extra)):
             for seed in args.seeds:
                 img = f"_img{args.image_size}" if args.image_size != 32 else ""  # 32 px: older folders
-                name_ = f"w{args.world_seed}_steps{steps}_extra{n}_lr{args.lr}_minc{args.min_crop}{img}_seed{seed}"
+                name_ = f"w{args.world_seed}_steps{steps}_extra{n}_lr{args.lr}_minc{args.min_crop}{img}{tag}_seed{seed}"
                 out = os.path.join(args.work_dir, name_)
                 extra = oracle_files(root, n, seed) if n else []
-                r = train_and_score(root, extra, steps, seed, out, sets, args.lr, args.min_crop, args.image_size)
+                r = train_and_score(root, extra, steps, seed, out, sets, args.lr, args.min_crop, args.image_size,
+                                    **train_options)
                 rows.setdefault(f"{steps}", {}).setdefault(name, {})[seed] = r
                 print(json.dumps(dict(steps=steps, row=name, seed=seed, **r)), flush=True)
     lines = [f"Demo world (seed {args.world_seed}: {DEMO_DATA}), X = {n_x} images; SimCLR {DEMO['arch']}, "
-             f"batch {DEMO['batch_size']}, lr {args.lr}, min crop {args.min_crop}, {args.image_size} px; training seeds {args.seeds}; "
+             f"batch {DEMO['batch_size']}, {args.optimizer} lr {args.lr} weight decay {args.weight_decay}, "
+             f"temperature {args.temperature}, min crop {args.min_crop}, {args.image_size} px; training seeds {args.seeds}; "
              "mean ± std.", "",
              "| steps | X-epochs | pretraining data | linear top-1 | kNN k=20 | linear gain over X |", "|---|---|---|---|---|---|"]
     for steps, by_row in rows.items():

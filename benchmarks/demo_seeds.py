@@ -2,7 +2,8 @@
 oracle row (X + the open-set's target-class images, as many as the coreset, the same
 optimizer steps): the ceiling of any sampler in the demo's world.
 
-    python benchmarks/demo_seeds.py [--seeds 0 1 2] [--min-crop F] [--lr LR] [--related squares] [--work-dir DIR]
+    python benchmarks/demo_seeds.py [--seeds 0 1 2] [--min-crop F] [--lr LR] [--optimizer adamw]
+                                   [--weight-decay WD] [--related squares] [--work-dir DIR]
 
 Every seed is a whole demo (its own generated data, encoders and selection) in
 WORK_DIR/seedS, resumable like `simcore run`. Writes benchmarks/results/demo_seeds.{json,md}."""
@@ -88,10 +89,15 @@ def main():
     ap.add_argument("--min-crop", type=float, default=None,
                     help="smallest crop of every training (default: the demo's; a changed one retrains)")
     ap.add_argument("--lr", type=float, default=None, help="peak learning rate of every training (default: the demo's)")
+    ap.add_argument("--optimizer", choices=["sgd", "lars", "adamw"], default=None,
+                    help="optimizer of every training (default: the demo's)")
+    ap.add_argument("--weight-decay", type=float, default=None, help="of every training (default: the demo's)")
     ap.add_argument("--work-dir", default=os.path.expanduser("~/.cache/simcore/demo_seeds"))
     ap.add_argument("--out", default=os.path.join(RESULTS, "demo_seeds"), help="output prefix")
     args = ap.parse_args()
-    run_options = {k: v for k, v in (("min_crop", args.min_crop), ("lr", args.lr)) if v is not None}
+    run_options = {k: v for k, v in (("min_crop", args.min_crop), ("lr", args.lr),
+                                                  ("optimizer", args.optimizer),
+                                                  ("weight_decay", args.weight_decay)) if v is not None}
     demo = dict(DEMO, **run_options)
     per_seed = {}
     for seed in args.seeds:

@@ -9,7 +9,8 @@
 #   regime  one seed, rows X and X+OS_oracle (5%) at each of REGIME_STEPS, timed: the regime
 #           where the oracle clearly beats X (the demo found it at ~150 X-epochs, RESULTS.md)
 #   table   TABLE_SEEDS seeds, X and the SimCore / random / oracle rows at 1%, 5% and stop,
-#           at TABLE_STEPS (set it from the regime stage's output); TABLE_ARGS adds options, e.g.
+#           at TABLE_STEPS (set it from the regime stage's "Held out of dogs/train" lines, not
+#           from dogs/test); TABLE_ARGS adds options, e.g.
 #           "--retrieval-encoder efficientnet-lite2 --retrieval-size 224 --whiten 1024"
 # Every (row, seed) is resumable in $WORK; results and logs land in $OUT.
 set -uo pipefail

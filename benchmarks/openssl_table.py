@@ -12,7 +12,9 @@ retrieval encoder is the X row's encoder (pretrained on X alone, as in the paper
 --retrieval-encoder (any simcore.encoders spec); centroids and selection see features only,
 never the open-set folders. Beside each SimCore coreset, the precision of the reference
 samplers of the same size on the same features (nearest to X, nearest to X's mean). Each encoder is scored on dogs/test by
-weighted kNN (k = 20, 200) and a linear probe fit on dogs/train; each sampler by its
+weighted kNN (k = 20, 200) and a linear probe fit on dogs/train, and, for choosing settings
+such as the step count without dogs/test, by a probe fit on 80% of dogs/train and scored on
+the other 20% (`val_linear`, the "held out" line); each sampler by its
 selection precision: the share of its coreset in the `target-class` and `dog` groups of
 openset_classes.tsv. A reference sampler runs SimCore on raw 8x8 pixels, and an analysis
 (--analysis-seeds) measures the 1% selection's precision with other retrieval encoders:
@@ -54,6 +56,7 @@ ROWS = [("X", ["X"]), ("X+OS_SimCore (1%)", ["X", "simcore-1%"]), ("X+OS_rand (1
         ("X+OS_oracle (5%)", ["X", "oracle-5%"]),
         ("X+OS", ["X", "OS"]), ("OS", ["OS"])]
 LABELS = ("1%", "stop", "5%")
+VAL_FRACTION = 0.2  # of dogs/train held out for the val_linear score
 GOOD_GROUPS = ("target-class", "dog")
 
 
@@ -207,9 +210,12 @@ def run_row(args, seed, name, parts, work, x_dir, openset_dir, coresets, train, 
     ftr, fte = features(backbone, train.images, 32), features(backbone, test.images, 32)
     k = knn(ftr, train.labels, fte, test.labels)
     lin = linear_probe(ftr, train.labels, fte, test.labels, seed=seed)
+    # for choosing settings (steps, regime) without dogs/test: a probe fit on 80% of dogs/train,
+    # scored on the other 20%
+    val = linear_probe(ftr, train.labels, fte, test.labels, seed=seed, val_fraction=VAL_FRACTION)["val_top1"]
     images = sum(len(load_images(d, 32, cache_dir=args.cache_dir)) for d in data)
     return dict(row=name, seed=seed, images=images, knn20=k[20], knn200=k[200], linear=lin["top1"],
-                train_seconds=wall)
+                val_linear=val, train_seconds=wall)
 
 
 def fmt_mean(values):
@@ -266,6 +272,11 @@ def table(results, coresets, args, base_rate):
         lines.append(f"| {name} | {statistics.mean(r['images'] for r in rs):,.0f} | "
                      f"{fmt([r['linear'] for r in rs])} | {fmt([r['knn20'] for r in rs])} | "
                      f"{fmt([r['knn200'] for r in rs])} | {fmt(prec) + '%' if prec else '-'} | {gain} |")
+    held = [(name, [r["val_linear"] for r in by_name[name]]) for name, _ in ROWS
+            if by_name[name] and all("val_linear" in r for r in by_name[name])]  # older results lack it
+    if held:
+        lines += ["", f"Held out of dogs/train ({VAL_FRACTION:.0%}; a probe fit on the rest), the score for choosing "
+                  "settings: linear top-1 " + ", ".join(f"{name} {fmt_mean(v)}" for name, v in held) + "."]
     raw = [c["precision"]["raw-pixels-1%"]["precision"] for c in coresets.values()]
     lines += ["", f"Reference sampler, SimCore on raw 8x8 pixels (1%): precision {fmt(raw)}%. "
               f"Precision = share of the coreset in the open-set's `target-class` and `dog` groups "

@@ -73,3 +73,76 @@ def test_run_demo_options_override_the_demo_settings(tmp_path, monkeypatch):
     assert seen["min_crop"] == 0.25
     expected = dict(DEMO, min_crop=0.25)
     assert {k: seen[k] for k in expected} == expected
+
+
+def test_demo_regime_passes_optimizer_weight_decay_and_temperature(tmp_path):
+    """The training options reach the trainer (its config.json) and name their own folders,
+    while the defaults keep the older folder names (test above)."""
+    work, out = tmp_path / "work", tmp_path / "r"
+    r = _run_script("demo_regime.py", ["--steps", "2", "--seeds", "0", "--extra", "0", "--image-size", "16",
+                                       "--optimizer", "adamw", "--lr", "0.002", "--weight-decay", "0.05",
+                                       "--temperature", "0.2", "--work-dir", str(work), "--out", str(out)], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    trained = sorted(p for p in os.listdir(work) if p.startswith("w0_"))
+    assert trained == ["w0_steps2_extra0_lr0.002_minc0.08_img16_adamw_wd0.05_t0.2_seed0"]
+    cfg = json.load(open(work / trained[0] / "config.json"))
+    assert (cfg["optimizer"], cfg["weight_decay"], cfg["lr"]) == ("adamw", 0.05, 0.002)
+    assert cfg["method_options"] == {"temperature": 0.2}
+    assert "adamw lr 0.002 weight decay 0.05, temperature 0.2" in open(str(out) + ".md").read()
+
+
+def test_demo_seeds_passes_its_training_options_to_the_demo(tmp_path, monkeypatch):
+    """demo_seeds.py --optimizer/--weight-decay/--lr/--min-crop become run_demo's run_options,
+    each setting in its own work folder; unset ones stay the demo's."""
+    mod = _load_benchmark("demo_seeds", monkeypatch)
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def run_demo(out, seed, progress, data_options, run_options):
+        seen.append((out, run_options))
+        raise Stop
+
+    monkeypatch.setattr(mod, "run_demo", run_demo)
+    for argv, expected in (([], {}),
+                           (["--optimizer", "adamw", "--weight-decay", "0.05", "--lr", "0.002"],
+                            dict(optimizer="adamw", weight_decay=0.05, lr=0.002))):
+        monkeypatch.setattr(sys, "argv", ["demo_seeds.py", "--seeds", "4", "--work-dir", str(tmp_path), *argv])
+        try:
+            mod.main()
+        except Stop:
+            pass
+        out, options = seen[-1]
+        assert options == expected
+    assert [os.path.basename(o) for o, _ in seen] == ["seed4", "seed4_lr0.002_optimizeradamw_weight_decay0.05"]
+
+
+def _load_benchmark(name, monkeypatch):
+    import importlib.util
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    spec = importlib.util.spec_from_file_location(f"{name}_under_test", os.path.join(ROOT, "benchmarks", f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_openssl_table_prints_the_held_out_score_for_choosing_settings(monkeypatch):
+    """The regime is chosen on a split held out of dogs/train (issue 11), so the table shows
+    that score per row; results written before it existed print without the line."""
+    import argparse
+    mod = _load_benchmark("openssl_table", monkeypatch)
+    shares = {"precision": 10.0, "target-class": 4.0, "dog": 6.0, "animal": 40.0, "other": 50.0}
+    coresets = {"0": dict(precision={"raw-pixels-1%": shares, "oracle-5%": dict(shares, precision=100.0),
+                                     **{f"simcore-{label}": shares for label in mod.LABELS}},
+                          info={f"simcore-{label}": {"items": 503} for label in mod.LABELS})}
+    args = argparse.Namespace(arch="resnet18-w0.25", steps=3500, batch_size=256, lr=0.3, k=100,
+                              retrieval_encoder=None, retrieval_size=None, whiten=0)
+    row = dict(seed=0, knn20=30.0, knn200=31.0, linear=32.0, images=1800)
+    results = {"X/0/3500": dict(row, row="X", val_linear=40.5),
+               "X+OS_oracle (5%)/0/3500": dict(row, row="X+OS_oracle (5%)", images=4315, val_linear=44.25)}
+    md = mod.table(results, coresets, args, 6.4)
+    assert "| X+OS_oracle (5%) | 4,315 | 32.0 ± 0.0 |" in md
+    assert "linear top-1 X 40.5, X+OS_oracle (5%) 44.2." in md
+    older = {k: {n: v for n, v in r.items() if n != "val_linear"} for k, r in results.items()}
+    assert "Held out" not in mod.table(older, coresets, args, 6.4)
