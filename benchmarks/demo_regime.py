@@ -128,9 +128,12 @@ def main():
               "in all" + (f" ({cached} of {len(runs)} encoders were trained by an earlier run: only their scoring "
                           "is counted)" if cached else "") + "."]
     md = "\n".join(lines)
+    # the demo's settings as these encoders were trained (the options override them)
+    trained_as = dict(DEMO, lr=args.lr, min_crop=args.min_crop, image_size=args.image_size, optimizer=args.optimizer,
+                      weight_decay=args.weight_decay, temperature=args.temperature)
     print(md)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    for ext, text in (("md", md + "\n"), ("json", json.dumps(dict(args=vars(args), demo_data=DEMO_DATA, demo=DEMO,
+    for ext, text in (("md", md + "\n"), ("json", json.dumps(dict(args=vars(args), demo_data=DEMO_DATA, demo=trained_as,
                                                                     rows=rows), indent=2))):
         with open(f"{args.out}.{ext}.tmp", "w") as f:
             f.write(text)

@@ -6,7 +6,8 @@ optimizer steps): the ceiling of any sampler in the demo's world.
                                    [--weight-decay WD] [--related squares] [--work-dir DIR]
 
 Every seed is a whole demo (its own generated data, encoders and selection) in
-WORK_DIR/seedS, resumable like `simcore run`. Writes benchmarks/results/demo_seeds.{json,md}."""
+WORK_DIR/seedS (seedS_lr0.002_optimizeradamw... with options set), resumable like `simcore
+run`. Writes benchmarks/results/demo_seeds.{json,md}."""
 from __future__ import annotations
 
 import argparse

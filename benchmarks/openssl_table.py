@@ -274,9 +274,13 @@ def table(results, coresets, args, base_rate):
                      f"{fmt([r['knn200'] for r in rs])} | {fmt(prec) + '%' if prec else '-'} | {gain} |")
     held = [(name, [r["val_linear"] for r in by_name[name]]) for name, _ in ROWS
             if by_name[name] and all("val_linear" in r for r in by_name[name])]  # older results lack it
+    lacking = [name for name, _ in ROWS if by_name[name] and not all("val_linear" in r for r in by_name[name])]
     if held:
         lines += ["", f"Held out of dogs/train ({VAL_FRACTION:.0%}; a probe fit on the rest), the score for choosing "
                   "settings: linear top-1 " + ", ".join(f"{name} {fmt_mean(v)}" for name, v in held) + "."]
+    if lacking:
+        lines += ["", "No held-out score for " + ", ".join(lacking) + ": scored before it was recorded "
+                  "(delete their entries in WORK_DIR/results.json to rescore; the trained encoders are reused)."]
     raw = [c["precision"]["raw-pixels-1%"]["precision"] for c in coresets.values()]
     lines += ["", f"Reference sampler, SimCore on raw 8x8 pixels (1%): precision {fmt(raw)}%. "
               f"Precision = share of the coreset in the open-set's `target-class` and `dog` groups "

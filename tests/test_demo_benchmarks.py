@@ -106,8 +106,8 @@ def test_demo_seeds_passes_its_training_options_to_the_demo(tmp_path, monkeypatc
 
     monkeypatch.setattr(mod, "run_demo", run_demo)
     for argv, expected in (([], {}),
-                           (["--optimizer", "adamw", "--weight-decay", "0.05", "--lr", "0.002"],
-                            dict(optimizer="adamw", weight_decay=0.05, lr=0.002))):
+                           (["--optimizer", "adamw", "--weight-decay", "0.05", "--lr", "0.002", "--min-crop", "0.25"],
+                            dict(optimizer="adamw", weight_decay=0.05, lr=0.002, min_crop=0.25))):
         monkeypatch.setattr(sys, "argv", ["demo_seeds.py", "--seeds", "4", "--work-dir", str(tmp_path), *argv])
         try:
             mod.main()
@@ -115,7 +115,7 @@ def test_demo_seeds_passes_its_training_options_to_the_demo(tmp_path, monkeypatc
             pass
         out, options = seen[-1]
         assert options == expected
-    assert [os.path.basename(o) for o, _ in seen] == ["seed4", "seed4_lr0.002_optimizeradamw_weight_decay0.05"]
+    assert [os.path.basename(o) for o, _ in seen] == ["seed4", "seed4_lr0.002_min_crop0.25_optimizeradamw_weight_decay0.05"]
 
 
 def _load_benchmark(name, monkeypatch):
@@ -145,4 +145,31 @@ def test_openssl_table_prints_the_held_out_score_for_choosing_settings(monkeypat
     assert "| X+OS_oracle (5%) | 4,315 | 32.0 ± 0.0 |" in md
     assert "linear top-1 X 40.5, X+OS_oracle (5%) 44.2." in md
     older = {k: {n: v for n, v in r.items() if n != "val_linear"} for k, r in results.items()}
-    assert "Held out" not in mod.table(older, coresets, args, 6.4)
+    md = mod.table(older, coresets, args, 6.4)
+    assert "Held out" not in md and "No held-out score for X, X+OS_oracle (5%): scored before" in md
+
+
+def test_openssl_table_rows_record_the_held_out_score(tmp_path, monkeypatch):
+    """run_row scores every encoder on the split held out of dogs/train as well (the training
+    replaced by a fixed random backbone: the scoring is what is tested)."""
+    import argparse
+    import torch
+    from simcore.evaluate import linear_probe
+    mod = _load_benchmark("openssl_table", monkeypatch)
+    g = torch.Generator().manual_seed(0)
+    train_y, test_y = torch.arange(60) % 3, torch.arange(30) % 3
+    ftr, fte = torch.randn(60, 8, generator=g) + train_y[:, None], torch.randn(30, 8, generator=g) + test_y[:, None]
+    trained = []
+    monkeypatch.setattr(mod, "pretrain", lambda cfg, resume, progress: trained.append(cfg))
+    monkeypatch.setattr(mod, "load_backbone", lambda path, device: ("backbone", None))
+    monkeypatch.setattr(mod, "features", lambda backbone, images, size: {"train": ftr, "test": fte}[images])
+    monkeypatch.setattr(mod, "load_images", lambda d, size, cache_dir=None: [0] * 60)
+    args = argparse.Namespace(arch="resnet18-w0.25", steps=10, batch_size=32, lr=0.3, cache_dir=None,
+                              retrieval_encoder=None, retrieval_size=None, whiten=0)
+    train = argparse.Namespace(images="train", labels=train_y)
+    test = argparse.Namespace(images="test", labels=test_y)
+    r = mod.run_row(args, 0, "X", ["X"], str(tmp_path), "dogs/train", "openset", None, train, test)
+    assert len(trained) == 1 and trained[0].data == ["dogs/train"] and trained[0].steps == 10
+    expected = linear_probe(ftr, train_y, fte, test_y, seed=0, val_fraction=mod.VAL_FRACTION)["val_top1"]
+    assert r["val_linear"] == expected and 0 <= r["val_linear"] <= 100
+    assert r["linear"] == linear_probe(ftr, train_y, fte, test_y, seed=0)["top1"] and r["images"] == 60
