@@ -96,9 +96,8 @@ def main():
     ap.add_argument("--work-dir", default=os.path.expanduser("~/.cache/simcore/demo_seeds"))
     ap.add_argument("--out", default=os.path.join(RESULTS, "demo_seeds"), help="output prefix")
     args = ap.parse_args()
-    run_options = {k: v for k, v in (("min_crop", args.min_crop), ("lr", args.lr),
-                                                  ("optimizer", args.optimizer),
-                                                  ("weight_decay", args.weight_decay)) if v is not None}
+    run_options = {k: getattr(args, k) for k in ("min_crop", "lr", "optimizer", "weight_decay")
+                   if getattr(args, k) is not None}
     demo = dict(DEMO, **run_options)
     per_seed = {}
     for seed in args.seeds:

@@ -272,9 +272,13 @@ def table(results, coresets, args, base_rate):
         lines.append(f"| {name} | {statistics.mean(r['images'] for r in rs):,.0f} | "
                      f"{fmt([r['linear'] for r in rs])} | {fmt([r['knn20'] for r in rs])} | "
                      f"{fmt([r['knn200'] for r in rs])} | {fmt(prec) + '%' if prec else '-'} | {gain} |")
-    held = [(name, [r["val_linear"] for r in by_name[name]]) for name, _ in ROWS
-            if by_name[name] and all("val_linear" in r for r in by_name[name])]  # older results lack it
-    lacking = [name for name, _ in ROWS if by_name[name] and not all("val_linear" in r for r in by_name[name])]
+    held, lacking = [], []  # results written before the held-out score lack it
+    for name, _ in ROWS:
+        if by_name[name]:
+            if all("val_linear" in r for r in by_name[name]):
+                held.append((name, [r["val_linear"] for r in by_name[name]]))
+            else:
+                lacking.append(name)
     if held:
         lines += ["", f"Held out of dogs/train ({VAL_FRACTION:.0%}; a probe fit on the rest), the score for choosing "
                   "settings: linear top-1 " + ", ".join(f"{name} {fmt_mean(v)}" for name, v in held) + "."]
